@@ -1,0 +1,262 @@
+"""MiniMind-V: vision tower -> projector -> placeholder merge -> MiniMind decoder, as transformers models.
+
+`MiniMindVModel` (AutoModel) embeds the prompt, replaces each image placeholder embedding with one projected image
+feature and runs the decoder; it returns hidden states, so trainers that call the inner model (TRL's fused LM head)
+still see the images. `MiniMindVForConditionalGeneration` (AutoModelForImageTextToText / AutoModelForCausalLM) adds
+the LM head, the loss and `generate`. Remote code: imports only torch, transformers and files of this folder.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .configuration_minimind_v import MiniMindVConfig
+from .language_model import MiniMindDecoderLayer, MiniMindRotary, MiniMindTextModel
+from .projector import MiniMindVResampler, build_projector
+
+
+@dataclass
+class MiniMindVModelOutputWithPast(BaseModelOutputWithPast):
+    """Decoder output plus the MoE balance loss and the projected image features of this forward."""
+
+    aux_loss: torch.FloatTensor | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class MiniMindVCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """`loss` already includes `aux_loss` (the MoE balance loss) when labels are given."""
+
+    aux_loss: torch.FloatTensor | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+class MiniMindVPreTrainedModel(PreTrainedModel):
+    config_class = MiniMindVConfig
+    config: MiniMindVConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MiniMindDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False  # MoE dispatch and the token-count check read sizes on the host
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, MiniMindRotary):
+            init.copy_(module.inv_freq, module.compute_inv_freq())
+        elif isinstance(module, MiniMindVResampler):
+            init.normal_(module.queries, mean=0.0, std=self.config.initializer_range)
+
+
+class MiniMindVModel(MiniMindVPreTrainedModel):
+    def __init__(self, config: MiniMindVConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = build_projector(config)
+        self.language_model = MiniMindTextModel(config)
+        if config.freeze_vision_tower:
+            self.vision_tower.requires_grad_(False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.language_model.embed_tokens = value
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor):
+        vision = self.config.vision_config
+        expected = (getattr(vision, "num_channels", 3), vision.image_size, vision.image_size)
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"pixel_values must have shape [num_images, {expected[0]}, {expected[1]}, {expected[2]}] "
+                f"(channels, height, width of the vision tower), got {list(pixel_values.shape)}"
+            )
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[n_images, C, H, W] -> projected features [n_images, image_seq_length, hidden]."""
+        self._check_pixel_values(pixel_values)
+        pixel_values = pixel_values.to(dtype=self.vision_tower.dtype)
+        # A frozen tower needs no graph: run it without autograd to save activation memory.
+        track_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.vision_tower.parameters())
+        layer = self.config.vision_feature_layer
+        with torch.set_grad_enabled(track_grad):
+            out = self.vision_tower(pixel_values=pixel_values, output_hidden_states=layer != -1)
+            features = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
+        # Drop leading non-patch tokens (CLIP's class token); SigLIP has none.
+        features = features[:, features.shape[1] - self.config.num_patches:]  # [n, patches, vision_hidden]
+        return self.multi_modal_projector(features)
+
+    def get_placeholder_mask(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """Boolean [b, s] mask of image placeholder positions."""
+        if input_ids is not None:
+            return input_ids == self.config.image_token_id
+        image_embed = self.get_input_embeddings()(
+            torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+        )
+        return (inputs_embeds == image_embed).all(-1)
+
+    def merge_image_features(self, inputs_embeds, placeholder_mask, image_features) -> torch.Tensor:
+        """Write image features, in order, into the placeholder positions (one vectorised masked_scatter)."""
+        if not torch.compiler.is_compiling():
+            n_tokens = int(placeholder_mask.sum())
+            n_images, seq_len = image_features.shape[:2]
+            if n_tokens != n_images * seq_len:
+                raise ValueError(
+                    f"Image features and image tokens do not match: the input has {n_tokens} image tokens "
+                    f"(id {self.config.image_token_id}) but {n_images} image(s) x {seq_len} features = "
+                    f"{n_images * seq_len} image features"
+                )
+        mask = placeholder_mask.unsqueeze(-1).expand_as(inputs_embeds)
+        return inputs_embeds.masked_scatter(mask, image_features.to(inputs_embeds.dtype))
+
+    @staticmethod
+    def _positions(attention_mask, inputs_embeds, past_key_values) -> torch.Tensor:
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        seq_len = inputs_embeds.shape[1]
+        if attention_mask is not None and attention_mask.ndim == 2:
+            # Count only real tokens, so left-padded rows start at position 0 like unpadded ones.
+            positions = attention_mask.long().cumsum(-1) - 1
+            return positions.clamp(min=0)[:, -seq_len:]
+        return (torch.arange(seq_len, device=inputs_embeds.device) + past).unsqueeze(0)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> MiniMindVModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        for key in ("return_dict", "output_attentions"):  # accepted for API compatibility (PEFT passes them)
+            kwargs.pop(key, None)
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        output_hidden_states = bool(output_hidden_states)
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        image_features = None
+        placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
+        if pixel_values is not None:
+            image_features = self.get_image_features(pixel_values)
+            inputs_embeds = self.merge_image_features(inputs_embeds, placeholder_mask, image_features)
+        elif (past_key_values is None or past_key_values.get_seq_length() == 0) and not torch.compiler.is_compiling():
+            if bool(placeholder_mask.any()):
+                raise ValueError(
+                    f"The input has {int(placeholder_mask.sum())} image tokens (id {self.config.image_token_id}) "
+                    "but no pixel_values were given"
+                )
+
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        if position_ids is None:
+            position_ids = self._positions(attention_mask, inputs_embeds, past_key_values)
+
+        hidden_states, all_hidden, aux_loss = self.language_model(
+            inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, output_hidden_states=output_hidden_states, **kwargs,
+        )
+        return MiniMindVModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=all_hidden,
+            aux_loss=aux_loss,
+            image_hidden_states=image_features,
+        )
+
+
+class MiniMindVForConditionalGeneration(MiniMindVPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: MiniMindVConfig):
+        super().__init__(config)
+        self.model = MiniMindVModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.get_image_features(pixel_values)
+
+    @property
+    def vision_tower(self):
+        return self.model.vision_tower
+
+    @property
+    def multi_modal_projector(self):
+        return self.model.multi_modal_projector
+
+    @property
+    def language_model(self):
+        return self.model.language_model
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> MiniMindVCausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+            position_ids=position_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+            use_cache=use_cache, **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            if outputs.aux_loss is not None:
+                loss = loss + outputs.aux_loss
+        return MiniMindVCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            aux_loss=outputs.aux_loss,
+            image_hidden_states=outputs.image_hidden_states,
+        )
+
+
+MiniMindVConfig.register_for_auto_class()
+MiniMindVModel.register_for_auto_class("AutoModel")
+MiniMindVForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+
+__all__ = ["MiniMindVForConditionalGeneration", "MiniMindVModel", "MiniMindVPreTrainedModel"]

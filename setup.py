@@ -1,0 +1,26 @@
+"""Install minimind-v: the remote-code model package, the processing library, presets and scripts' dependencies."""
+
+from setuptools import setup
+
+setup(
+    name="minimind-v",
+    version="0.1.0",
+    description="A small Hugging Face Hub-native vision-language model (CLIP/SigLIP tower + MiniMind/Qwen3 decoder)",
+    python_requires=">=3.10",
+    packages=["modeling_minimind_v", "processing"],
+    package_data={"processing": ["tokenizer/*.json"]},
+    install_requires=[
+        "torch>=2.4,<2.15",
+        "transformers>=5.17,<6",
+        "safetensors>=0.4",
+        "huggingface_hub>=1.0",
+        "tokenizers>=0.21",
+        "pillow>=10",
+        "accelerate>=1.0",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "train": ["trl>=1.0", "peft>=0.17", "datasets>=3.0", "matplotlib>=3.8", "tensorboard>=2.15"],
+        "dev": ["pytest>=8", "trl>=1.0", "peft>=0.17", "datasets>=3.0", "matplotlib>=3.8", "pyarrow>=15"],
+    },
+)
