@@ -6,6 +6,8 @@ still see the images. `MiniMindVForConditionalGeneration` (AutoModelForImageText
 the LM head, the loss and `generate`. Remote code: imports only torch, transformers and files of this folder.
 """
 
+import os
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +18,8 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_minimind_v import MiniMindVConfig
-from .language_model import MiniMindDecoderLayer, MiniMindRotary, MiniMindTextModel
+from .language_model import MiniMindRotary, MiniMindTextModel
+from .model_card import render_model_card
 from .projector import MiniMindVResampler, build_projector
 
 
@@ -50,6 +53,42 @@ class MiniMindVPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False  # MoE dispatch and the token-count check read sizes on the host
+
+    # Written into config.json on save, so every Auto class loads this checkpoint, whichever class was saved.
+    _auto_map = {
+        "AutoConfig": "configuration_minimind_v.MiniMindVConfig",
+        "AutoModel": "modeling_minimind_v.MiniMindVModel",
+        "AutoModelForCausalLM": "modeling_minimind_v.MiniMindVForConditionalGeneration",
+        "AutoModelForImageTextToText": "modeling_minimind_v.MiniMindVForConditionalGeneration",
+    }
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus all Auto-class entries and a model card (kept if one exists)."""
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._auto_map}
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        card_path = os.path.join(save_directory, "README.md")
+        if not os.path.exists(card_path):
+            self._write_model_card(card_path, repo=str(save_directory))
+        return result
+
+    def _write_model_card(self, path: str, repo: str):
+        decoder = sum(p.numel() for name, p in self.named_parameters() if "language_model." in name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(render_model_card(self.config, decoder, self.num_parameters(), repo=repo))
+
+    def push_to_hub(self, repo_id: str, *, commit_message: str = "Upload MiniMind-V model", private: bool | None = None,
+                    token: str | None = None, revision: str | None = None, create_pr: bool = False,
+                    max_shard_size: int | str = "5GB", **kwargs):
+        """Save into a temporary folder (weights, code, config, model card) and upload it as one commit."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as tmp_dir:
+            self.save_pretrained(tmp_dir, max_shard_size=max_shard_size)
+            self._write_model_card(os.path.join(tmp_dir, "README.md"), repo=repo_id)  # name the real repo
+            return api.upload_folder(repo_id=repo_id, folder_path=tmp_dir, commit_message=commit_message,
+                                     revision=revision, create_pr=create_pr)
 
     def _init_weights(self, module):
         super()._init_weights(module)

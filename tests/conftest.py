@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny model configs and a runner for Python processes that cannot import the project.
+
+Run the whole suite with `python -m pytest tests -q` from the repository root.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_config(**overrides):
+    from modeling_minimind_v import MiniMindVConfig
+
+    return MiniMindVConfig.from_preset("tiny", **overrides)
+
+
+def tiny_model(seed: int = 0, **overrides):
+    from modeling_minimind_v import MiniMindVForConditionalGeneration
+
+    torch.manual_seed(seed)
+    return MiniMindVForConditionalGeneration(tiny_config(**overrides)).eval()
+
+
+def run_isolated(code: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `code` in `python -I` from `cwd`: no PYTHONPATH, no user site, no repo on sys.path.
+
+    The project is installed in editable mode, so its finder is removed from sys.meta_path first: the child can
+    only reach the code that a saved folder carries (trust_remote_code), as a user without the project would.
+    """
+    prelude = textwrap.dedent(
+        """
+        import sys
+        def _editable(obj):
+            return "__editable__" in getattr(obj, "__module__", "") + type(obj).__module__
+        sys.meta_path[:] = [f for f in sys.meta_path if not _editable(f)]
+        sys.path_hooks[:] = [h for h in sys.path_hooks if not _editable(h)]
+        sys.path_importer_cache.clear()
+        try:
+            import modeling_minimind_v  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("isolation failed: the project is importable")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env["HF_HUB_OFFLINE"] = "1"
+    env["HF_MODULES_CACHE"] = str(Path(cwd) / "hf_modules")
+    return subprocess.run(
+        [sys.executable, "-I", "-c", prelude + textwrap.dedent(code)], cwd=cwd, env=env,
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture
+def isolated(tmp_path):
+    def _run(code: str, timeout: int = 300):
+        result = run_isolated(code, tmp_path, timeout)
+        assert result.returncode == 0, f"isolated process failed:\n{result.stdout}\n{result.stderr}"
+        return result
+
+    return _run
