@@ -1,0 +1,1 @@
+"""Data processing for minimind-v: synthetic task, tokenizer, image processing and chat formatting."""
