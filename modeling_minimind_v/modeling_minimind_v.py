@@ -19,6 +19,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .configuration_minimind_v import MiniMindVConfig
 from .language_model import MiniMindRotary, MiniMindTextModel
+from .loss import chunked_causal_lm_loss
 from .model_card import render_model_card
 from .projector import MiniMindVResampler, build_projector
 
@@ -52,7 +53,11 @@ class MiniMindVPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False  # MoE dispatch and the token-count check read sizes on the host
+
+    @property
+    def _can_compile_fullgraph(self) -> bool:
+        # MoE dispatch reads expert sizes on the host; the dense model compiles without graph breaks.
+        return not self.config.use_moe
 
     # Written into config.json on save, so every Auto class loads this checkpoint, whichever class was saved.
     _auto_map = {
@@ -196,7 +201,7 @@ class MiniMindVModel(MiniMindVPreTrainedModel):
         if pixel_values is not None:
             image_features = self.get_image_features(pixel_values)
             inputs_embeds = self.merge_image_features(inputs_embeds, placeholder_mask, image_features)
-        elif (past_key_values is None or past_key_values.get_seq_length() == 0) and not torch.compiler.is_compiling():
+        elif not torch.compiler.is_compiling() and (past_key_values is None or past_key_values.get_seq_length() == 0):
             if bool(placeholder_mask.any()):
                 raise ValueError(
                     f"The input has {int(placeholder_mask.sum())} image tokens (id {self.config.image_token_id}) "
@@ -276,12 +281,17 @@ class MiniMindVForConditionalGeneration(MiniMindVPreTrainedModel, GenerationMixi
             use_cache=use_cache, **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
-
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        loss = logits = None
+        if labels is not None and self.training and isinstance(logits_to_keep, int) and logits_to_keep == 0:
+            # Training: loss straight from hidden states at labelled positions, no full-vocabulary logits.
+            loss = chunked_causal_lm_loss(hidden_states, self.lm_head.weight, labels,
+                                          num_items_in_batch=kwargs.get("num_items_in_batch"))
+        else:
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.lm_head(hidden_states[:, keep, :])
+            if labels is not None:
+                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        if loss is not None:
             if outputs.aux_loss is not None:
                 loss = loss + outputs.aux_loss
         return MiniMindVCausalLMOutputWithPast(

@@ -287,6 +287,39 @@ def test_sampling_beam_search_and_streamer():
     assert streamed == greedy[0, ids.shape[1]:].tolist() and streamer.ended
 
 
+# ----------------------------------------------------------------------------------------------- chunked loss
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_chunked_training_loss_equals_plain_loss_and_gradients(tied, monkeypatch):
+    import modeling_minimind_v.loss as loss_module
+
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 1024 * 5)  # 5 rows per chunk: exercise chunking
+    ids, mask = pad_batch([prompt(seed=1), prompt(n_images=2, n_text_after=7, seed=2)])
+    labels = ids.masked_fill(mask == 0, -100).masked_fill(ids == IMG, -100)
+    labels[:, :3] = -100
+    grads = []
+    for train_mode in (False, True):  # eval: full logits + transformers' loss; train: chunked, no logits
+        model = tiny_model(tie_word_embeddings=tied).train(train_mode)
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels(3), labels=labels)
+        assert (out.logits is None) == train_mode
+        out.loss.backward()
+        grads.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (plain_loss, plain_grads), (chunked_loss, chunked_grads) = grads
+    torch.testing.assert_close(chunked_loss, plain_loss)
+    assert plain_grads.keys() == chunked_grads.keys()
+    for name in plain_grads:
+        torch.testing.assert_close(chunked_grads[name], plain_grads[name], atol=1e-6, rtol=1e-4)
+
+
+def test_chunked_loss_honours_num_items_in_batch():
+    model = tiny_model().train()
+    ids = torch.tensor([prompt()])
+    mean = model(input_ids=ids, pixel_values=pixels(1), labels=ids).loss
+    summed = model(input_ids=ids, pixel_values=pixels(1), labels=ids, num_items_in_batch=100).loss
+    torch.testing.assert_close(summed, mean * (ids.shape[1] - 1) / 100)
+
+
 # ----------------------------------------------------------------------------------------------- MoE
 
 
@@ -315,7 +348,10 @@ def test_moe_aux_loss_positive_and_differentiable(seq_aux):
     ids = torch.tensor([prompt(), prompt(seed=5)])
     out = model(input_ids=ids, pixel_values=pixels(2), labels=ids)
     assert out.aux_loss is not None and out.aux_loss > 0
-    plain = F.cross_entropy(out.logits[:, :-1].reshape(-1, 1024), ids[:, 1:].reshape(-1))
+    with torch.no_grad():
+        logits = model.eval()(input_ids=ids, pixel_values=pixels(2)).logits
+    model.train()
+    plain = F.cross_entropy(logits[:, :-1].reshape(-1, 1024), ids[:, 1:].reshape(-1))
     torch.testing.assert_close(out.loss, plain + out.aux_loss)
     out.aux_loss.backward()
     gate = model.model.language_model.layers[0].mlp.gate.weight
