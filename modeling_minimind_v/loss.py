@@ -48,6 +48,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None, None
 
 
+@torch.compiler.disable  # data-dependent sizes (labelled positions) and a Python chunk loop: keep it eager
 def chunked_causal_lm_loss(hidden_states: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                            num_items_in_batch: int | torch.Tensor | None = None,
                            ignore_index: int = -100) -> torch.Tensor:

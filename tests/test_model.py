@@ -247,6 +247,17 @@ def test_generate_with_and_without_cache_identical():
     assert torch.equal(with_cache, without)
 
 
+def test_static_cache_generation_equals_dynamic():
+    model = tiny_model()
+    rows = [prompt(n_text_after=2, seed=1), prompt(n_text_before=6, n_text_after=7, seed=2)]
+    ids, mask = pad_batch(rows, side="left")
+    kwargs = dict(input_ids=ids, attention_mask=mask, pixel_values=pixels(2), max_new_tokens=10, do_sample=False,
+                  eos_token_id=None, pad_token_id=0)
+    dynamic = model.generate(**kwargs)
+    static = model.generate(**kwargs, cache_implementation="static")
+    assert torch.equal(dynamic, static)
+
+
 def test_left_padded_batch_generation_equals_single():
     model = tiny_model()
     rows = [prompt(n_text_after=2, seed=1), prompt(n_text_before=6, n_text_after=7, seed=2)]
