@@ -7,8 +7,8 @@ and replayed in backward, so peak memory is one chunk of logits instead of all o
 
 import torch
 
-# Rows per chunk are chosen so one fp32 logits chunk stays near this many elements (2**28 = 1 GiB).
-CHUNK_ELEMENTS = 2**28
+# Rows per chunk are chosen so one fp32 logits chunk stays near this many elements (2**27 = 512 MiB).
+CHUNK_ELEMENTS = 2**27
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

@@ -40,6 +40,11 @@ class MiniMindVCausalLMOutputWithPast(CausalLMOutputWithPast):
     image_hidden_states: torch.FloatTensor | None = None
 
 
+@torch.compiler.disable  # a data-dependent check; runs eagerly even inside a compiled forward
+def _is_all_ones(mask: torch.Tensor) -> bool:
+    return bool(mask.all())
+
+
 class MiniMindVPreTrainedModel(PreTrainedModel):
     config_class = MiniMindVConfig
     config: MiniMindVConfig
@@ -212,6 +217,9 @@ class MiniMindVModel(MiniMindVPreTrainedModel):
             past_key_values = DynamicCache(config=self.config)
         if position_ids is None:
             position_ids = self._positions(attention_mask, inputs_embeds, past_key_values)
+        if attention_mask is not None and attention_mask.ndim == 2 and _is_all_ones(attention_mask):
+            # Nothing is padded: a pure causal mask lets sdpa pick its flash kernel instead of a masked one.
+            attention_mask = None
 
         hidden_states, all_hidden, aux_loss = self.language_model(
             inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,

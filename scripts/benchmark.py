@@ -28,6 +28,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda")
     p.add_argument("--compare-hf", action="store_true", help="also run transformers' LlavaForConditionalGeneration")
     p.add_argument("--modes", default="train,generate", help="comma list of train, generate")
+    p.add_argument("--systems", default="minimind,llava_eager,llava_best",
+                   help="comma list of minimind, llava_eager, llava_best (the last two need --compare-hf)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=640)
     p.add_argument("--label-fraction", type=float, default=0.5,
@@ -263,8 +265,11 @@ def main(argv=None):
     if args.compare_hf:
         systems["llava_eager"] = ("llava", False, False, False)
         systems["llava_best"] = ("llava", can_compile, True, True)
+    wanted = args.systems.split(",")
     with torch.autocast(device.type, enabled=False) if device.type == "cuda" else nullcontext():
         for name, (system, compile_train, fused, static_gen) in systems.items():
+            if name not in wanted:
+                continue
             results[name] = run_system(system, name, config, args, device, dtype, compile_train, fused, static_gen,
                                        profile=args.profile and name == "minimind")
     results["ratios"] = {
