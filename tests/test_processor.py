@@ -1,0 +1,432 @@
+"""Tests for MiniMindVProcessor, its chat template and the processor builders (tiny tokenizer built locally)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from helpers_processor import (
+    SHIPPED_TOKENIZER,
+    clip_vision_config,
+    make_tokenizer,
+    run_isolated,
+    siglip_vision_config,
+    solid_image,
+)
+from processing.processing_minimind_v import DEFAULT_CHAT_TEMPLATE, MiniMindVProcessor
+from processing.processor_builder import build_image_processor, build_processor
+
+SEQ = 5  # image_seq_length of the small processor
+IMG = "<|image_pad|>"
+COLORS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return make_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def processor(tokenizer):
+    return build_processor(tokenizer, clip_vision_config(image_size=32, patch_size=16), image_seq_length=SEQ)
+
+
+def image_blocks(ids: list[int], processor) -> list[list[int]]:
+    """The token runs between <|vision_start|> and <|vision_end|>, checking they are well formed."""
+    blocks, current = [], None
+    for token in ids:
+        if token == processor.vision_start_token_id:
+            assert current is None, "nested <|vision_start|>"
+            current = []
+        elif token == processor.vision_end_token_id:
+            blocks.append(current)
+            current = None
+        elif current is not None:
+            current.append(token)
+        else:
+            assert token != processor.image_token_id, "image token outside a vision block"
+    assert current is None
+    return blocks
+
+
+def assistant_segments(ids, mask, tokenizer) -> list[str]:
+    segments, current = [], []
+    for token, keep in zip(ids, mask):
+        if keep:
+            current.append(token)
+        elif current:
+            segments.append(tokenizer.decode(current))
+            current = []
+    if current:
+        segments.append(tokenizer.decode(current))
+    return segments
+
+
+# ---------------------------------------------------------------------------------------------------- expansion
+def test_expansion_several_images_and_ragged_batch(processor):
+    texts = [f"two {IMG} images {IMG} here", "no image at all", f"{IMG} one image"]
+    images = [solid_image(c) for c in COLORS[:3]]
+    nested = processor(text=texts, images=[images[:2], [], images[2:]], padding=True, return_tensors="pt")
+    flat = processor(text=texts, images=images, padding=True, return_tensors="pt")
+
+    assert set(nested.keys()) == {"input_ids", "attention_mask", "pixel_values"}
+    for key in nested:
+        assert torch.equal(nested[key], flat[key]), key
+    assert nested["pixel_values"].shape == (3, 3, 32, 32)
+    assert nested["pixel_values"].dtype == torch.float32
+    for row, n_images in zip(nested["input_ids"].tolist(), [2, 0, 1]):
+        blocks = image_blocks(row, processor)
+        assert len(blocks) == n_images
+        assert all(block == [processor.image_token_id] * SEQ for block in blocks)
+        assert row.count(processor.image_token_id) == SEQ * n_images
+
+    # Images come out in order of appearance: compare with each image processed alone.
+    for k, image in enumerate(images):
+        alone = processor(text=IMG, images=image, return_tensors="pt")["pixel_values"][0]
+        assert torch.allclose(nested["pixel_values"][k], alone)
+
+
+def test_expansion_with_default_sequence_length(tokenizer):
+    processor = MiniMindVProcessor(build_image_processor(clip_vision_config()), tokenizer)
+    assert processor.image_seq_length == 196
+    ids = processor(text=f"a {IMG} b", images=solid_image())["input_ids"][0]
+    assert image_blocks(ids, processor) == [[processor.image_token_id] * 196]
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padding_side(processor, side):
+    texts = [f"{IMG} describe the image in a few words please", "hi"]
+    out = processor(text=texts, images=[solid_image()], padding=True, padding_side=side, return_tensors="pt")
+    mask = out["attention_mask"]
+    single = [processor(text=texts[0], images=[solid_image()])["input_ids"][0],
+              processor(text=texts[1])["input_ids"][0]]
+    short_len = len(single[1])
+    assert mask[0].all() and len(single[0]) == mask.shape[1]
+    assert int(mask[1].sum()) == short_len
+    if side == "left":
+        assert not mask[1, :-short_len].any() and mask[1, -short_len:].all()
+        assert out["input_ids"][1, -short_len:].tolist() == single[1]
+        assert (out["input_ids"][1, :-short_len] == processor.tokenizer.pad_token_id).all()
+    else:
+        assert mask[1, :short_len].all() and not mask[1, short_len:].any()
+        assert out["input_ids"][1, :short_len].tolist() == single[1]
+    assert out["input_ids"][0].tolist() == single[0]
+
+
+def test_padding_side_defaults(tokenizer):
+    texts = ["a b c d e f", "a"]
+    # build_processor pads on the left by default (batched generation needs it) without touching the caller's
+    # tokenizer; the side can be chosen, and a processor built directly keeps the tokenizer's own setting.
+    assert tokenizer.padding_side == "right"
+    left = build_processor(tokenizer, clip_vision_config(32), SEQ)
+    assert tokenizer.padding_side == "right" and left.tokenizer.padding_side == "left"
+    assert left(text=texts, padding=True, return_tensors="pt")["attention_mask"][1].tolist()[:2] == [0, 0]
+    right = build_processor(tokenizer, clip_vision_config(32), SEQ, padding_side="right")
+    assert right(text=texts, padding=True, return_tensors="pt")["attention_mask"][1].tolist()[:2] == [1, 0]
+    left_tokenizer = AutoTokenizer.from_pretrained(tokenizer.name_or_path, padding_side="left")
+    direct = MiniMindVProcessor(build_image_processor(clip_vision_config(32)), left_tokenizer, image_seq_length=SEQ)
+    assert direct(text=texts, padding=True, return_tensors="pt")["attention_mask"][1].tolist()[:2] == [0, 0]
+
+
+def test_text_only(processor, tokenizer):
+    out = processor(text=["hello world", "the square is red"], padding=True, return_tensors="pt")
+    assert set(out.keys()) == {"input_ids", "attention_mask"}
+    assert processor(text="hello world")["input_ids"][0] == tokenizer("hello world")["input_ids"]
+
+
+def test_offsets_refer_to_caller_text(processor):
+    text = f"look {IMG} at this"
+    out = processor(text=text, images=solid_image(), return_offsets_mapping=True)
+    ids, offsets = out["input_ids"][0], out["offset_mapping"][0]
+    placeholder = (text.index(IMG), text.index(IMG) + len(IMG))
+    for token, (start, end) in zip(ids, offsets):
+        if token in (processor.image_token_id, processor.vision_start_token_id, processor.vision_end_token_id):
+            assert (start, end) == placeholder
+        else:
+            assert processor.tokenizer.decode([token]) == text[start:end]
+
+
+def test_post_process_decodes_batches_and_single_sequences(processor, tokenizer):
+    ids = tokenizer(["the square is red", "hello"], padding=True, return_tensors="pt")["input_ids"]
+    assert processor.post_process_image_text_to_text(ids) == ["the square is red", "hello"]
+    assert processor.post_process_image_text_to_text(ids[1]) == ["hello"]
+
+
+# ---------------------------------------------------------------------------------------------------- save / reload
+def test_save_and_reload_in_isolated_process(processor, tmp_path):
+    saved = tmp_path / "processor"
+    processor.save_pretrained(saved)
+    assert {"processing_minimind_v.py", "processor_config.json", "chat_template.jinja", "tokenizer.json",
+            "tokenizer_config.json"} <= {p.name for p in saved.iterdir()}
+    config = json.loads((saved / "processor_config.json").read_text())
+    assert config["auto_map"] == {"AutoProcessor": "processing_minimind_v.MiniMindVProcessor"}
+    assert config["image_seq_length"] == SEQ and config["image_token"] == IMG
+    assert (saved / "chat_template.jinja").read_text() == DEFAULT_CHAT_TEMPLATE
+
+    image_paths = []
+    for k, (color, size) in enumerate(zip(COLORS, [(20, 16), (7, 7), (1, 50), (33, 40)])):
+        image_paths.append(str(tmp_path / f"img{k}.png"))
+        solid_image(color, size).save(image_paths[-1])
+    texts = [f"{IMG} and {IMG}", "nothing", f"last {IMG} {IMG}"]
+    messages = [[{"role": "user", "content": [{"type": "image", "path": image_paths[0]},
+                                            {"type": "text", "text": "hi"}]},
+                 {"role": "assistant", "content": "Red."}]]
+    spec = {"texts": texts, "images": image_paths, "messages": messages}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+
+    def compute(proc, images):
+        out = proc(text=texts, images=images, padding=True, padding_side="right", return_tensors="pt")
+        default_side = proc(text=texts, images=images, padding=True, return_tensors="pt")  # saved side: left
+        chat = proc.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        return {**dict(out), "left_mask": default_side["attention_mask"], "chat_ids": chat["input_ids"],
+                "chat_mask": chat["assistant_masks"]}
+
+    torch.save(compute(processor, [PIL.Image.open(p) for p in image_paths]), tmp_path / "parent.pt")
+    result = run_isolated(
+        f"""
+        import json, torch
+        from PIL import Image
+        from transformers import AutoProcessor
+        proc = AutoProcessor.from_pretrained({str(saved)!r}, trust_remote_code=True)
+        assert type(proc).__module__.startswith("transformers_modules."), type(proc).__module__
+        assert proc.image_seq_length == {SEQ}
+        spec = json.load(open("spec.json"))
+        images = [Image.open(p) for p in spec["images"]]
+        out = proc(text=spec["texts"], images=images, padding=True, padding_side="right", return_tensors="pt")
+        default_side = proc(text=spec["texts"], images=images, padding=True, return_tensors="pt")
+        chat = proc.apply_chat_template(spec["messages"], tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+        torch.save({{**dict(out), "left_mask": default_side["attention_mask"], "chat_ids": chat["input_ids"],
+                    "chat_mask": chat["assistant_masks"]}}, "child.pt")
+        """,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    parent, child = torch.load(tmp_path / "parent.pt"), torch.load(tmp_path / "child.pt")
+    assert parent.keys() == child.keys()
+    for key in parent:
+        assert torch.equal(torch.as_tensor(parent[key]), torch.as_tensor(child[key])), key
+    assert parent["pixel_values"].shape == (4, 3, 32, 32)
+    assert parent["left_mask"][1, 0] == 0 and parent["attention_mask"][1, 0] == 1
+
+
+# ---------------------------------------------------------------------------------------------------- chat template
+def test_chat_template_rendering(processor):
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is this?\n<image>"},
+        {"role": "assistant", "content": "A square."},
+        {"role": "user",
+         "content": [{"type": "image", "url": "unused"}, {"type": "text", "text": "keep <image> literal"}]},
+    ]
+    rendered = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert rendered == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n"
+        f"<|im_start|>user\nWhat is this?\n{IMG}<|im_end|>\n"
+        "<|im_start|>assistant\nA square.<|im_end|>\n"
+        f"<|im_start|>user\n{IMG}keep <image> literal<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    # No default system prompt; no generation prompt unless asked.
+    assert processor.apply_chat_template([{"role": "user", "content": "hi"}]) == "<|im_start|>user\nhi<|im_end|>\n"
+
+
+def test_chat_with_string_image_placeholder_tokenizes(processor):
+    # Dataset rows keep the image out of the messages: render, then hand the images to the processor.
+    messages = [{"role": "user", "content": "<image>\nDescribe."}, {"role": "assistant", "content": "Red."}]
+    prompt = processor.apply_chat_template(messages)
+    out = processor(text=prompt, images=solid_image(), return_tensors="pt")
+    assert image_blocks(out["input_ids"][0].tolist(), processor) == [[processor.image_token_id] * SEQ]
+
+
+def test_assistant_mask_is_exact(processor, tokenizer):
+    conversation = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user",
+         "content": [{"type": "image", "image": solid_image()}, {"type": "text", "text": "What colour?"}]},
+        {"role": "assistant", "content": "The square is red."},
+        {"role": "user", "content": "How many circles?"},
+        {"role": "assistant", "content": [{"type": "text", "text": "There are two blue circles."}]},
+    ]
+    short = conversation[:3]
+    for side in ("right", "left"):
+        out = processor.apply_chat_template(
+            [conversation, short], tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+            processor_kwargs={"padding": True, "padding_side": side}, return_tensors="pt",
+        )
+        assert out["pixel_values"].shape == (2, 3, 32, 32)
+        expected = [["The square is red.<|im_end|>", "There are two blue circles.<|im_end|>"],
+                    ["The square is red.<|im_end|>"]]
+        for row in range(2):
+            ids, mask = out["input_ids"][row].tolist(), out["assistant_masks"][row].tolist()
+            assert assistant_segments(ids, mask, tokenizer) == expected[row]
+            assert not any(m for t, m in zip(ids, mask) if t == processor.image_token_id)
+            assert not any(m for m, a in zip(mask, out["attention_mask"][row].tolist()) if not a)
+
+
+# ---------------------------------------------------------------------------------------------------- images
+def _image_in_mode(mode: str) -> PIL.Image.Image:
+    if mode == "I;16":
+        return PIL.Image.fromarray((np.arange(12 * 10).reshape(10, 12) * 500).astype(np.uint16))
+    if mode == "P":
+        return solid_image((10, 200, 30), (9, 11)).convert("P", palette=PIL.Image.Palette.ADAPTIVE)
+    if mode in ("LA", "RGBA"):
+        return PIL.Image.new("RGBA", (9, 11), (10, 200, 30, 0)).convert(mode)
+    return solid_image((10, 200, 30), (9, 11)).convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "1", "F"])
+def test_any_pil_mode(processor, mode):
+    image = _image_in_mode(mode)
+    assert image.mode == mode
+    pixels = processor(text=IMG, images=image, return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (1, 3, 32, 32) and torch.isfinite(pixels).all()
+
+
+def test_transparent_pixels_become_white_and_16_bit_is_scaled(processor):
+    white = processor(text=IMG, images=solid_image((255, 255, 255)), return_tensors="pt")["pixel_values"]
+    transparent = processor(text=IMG, images=_image_in_mode("RGBA"), return_tensors="pt")["pixel_values"]
+    assert torch.allclose(white, transparent)
+    grey16 = PIL.Image.fromarray(np.full((8, 8), 32896, dtype=np.uint16))  # 128 * 257
+    grey8 = solid_image((128, 128, 128), (8, 8))
+    assert torch.allclose(
+        processor(text=IMG, images=grey16, return_tensors="pt")["pixel_values"],
+        processor(text=IMG, images=grey8, return_tensors="pt")["pixel_values"],
+    )
+
+
+@pytest.mark.parametrize("size", [(1, 500), (500, 1), (7, 7), (1, 1), (1, 3), (3, 1)])
+def test_odd_sizes(processor, size):
+    pixels = processor(text=IMG, images=PIL.Image.new("RGB", size, (1, 2, 3)), return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (1, 3, 32, 32)
+
+
+def test_image_paths_arrays_and_tensors(processor, tmp_path):
+    path = tmp_path / "red.png"
+    solid_image((255, 0, 0)).save(path)
+    reference = processor(text=IMG, images=solid_image((255, 0, 0)), return_tensors="pt")["pixel_values"]
+    for image in (str(path), path, np.asarray(solid_image((255, 0, 0)))):
+        assert torch.allclose(processor(text=IMG, images=image, return_tensors="pt")["pixel_values"], reference)
+    tensor = torch.from_numpy(np.array(solid_image((255, 0, 0)))).permute(2, 0, 1)
+    assert processor(text=IMG, images=tensor, return_tensors="pt")["pixel_values"].shape == (1, 3, 32, 32)
+
+
+# ---------------------------------------------------------------------------------------------------- bad inputs
+def test_more_placeholders_than_images(processor):
+    with pytest.raises(ValueError, match=r"2 image placeholder\(s\).*but 1 image"):
+        processor(text=f"{IMG} {IMG}", images=[solid_image()])
+    with pytest.raises(ValueError, match="no images were given"):
+        processor(text=f"{IMG} hello")
+
+
+def test_more_images_than_placeholders(processor):
+    with pytest.raises(ValueError, match=r"1 image placeholder\(s\).*but 2 image"):
+        processor(text=f"{IMG} hi", images=[solid_image(), solid_image()])
+    with pytest.raises(ValueError, match=r"0 image placeholder\(s\).*but 1 image"):
+        processor(text="no placeholder", images=solid_image())
+
+
+def test_mismatch_per_sample_in_batches(processor):
+    with pytest.raises(ValueError, match=r"Sample 1 has 1 image placeholder\(s\).*but 2 image"):
+        processor(text=[IMG, IMG], images=[[solid_image()], [solid_image(), solid_image()]])
+    with pytest.raises(ValueError, match=r"per sample: \[1, 2\].*but 2 image"):
+        processor(text=[IMG, IMG + IMG], images=[solid_image(), solid_image()])
+    with pytest.raises(ValueError, match="image lists for 1 samples but 2 text samples"):
+        processor(text=[IMG, "x"], images=[[solid_image()]])
+
+
+@pytest.mark.parametrize("text", ["", [], ["ok", ""]])
+def test_empty_text(processor, text):
+    with pytest.raises(ValueError, match="empty|non-empty"):
+        processor(text=text)
+
+
+def test_missing_text(processor):
+    with pytest.raises(ValueError, match="needs `text`"):
+        processor(images=solid_image())
+
+
+@pytest.mark.parametrize(
+    ("text", "images", "name"),
+    [
+        (IMG, ["definitely not an image path"], r"images\[0\] \('definitely not an image path'\) is not a loadable"),
+        ([IMG, IMG], [solid_image(), 42], r"images\[1\] is not an image: got int"),
+        ([IMG, IMG], [solid_image(), None], r"images\[1\] is not an image: got NoneType"),
+        ([IMG, IMG], [[solid_image()], [None]], r"images\[1\]\[0\] is not an image"),
+    ],
+)
+def test_non_image_objects(processor, text, images, name):
+    with pytest.raises(ValueError, match=name):
+        processor(text=text, images=images)
+
+
+def test_empty_image_rejected(processor):
+    with pytest.raises(ValueError, match=r"images\[0\]: empty image"):
+        processor(text=IMG, images=PIL.Image.new("RGB", (0, 4)))
+
+
+def test_tokenizer_without_vision_tokens_rejected(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel()
+    backend.add_special_tokens(["<|endoftext|>"])
+    plain = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<|endoftext|>")
+    with pytest.raises(ValueError, match="no token '<\\|image_pad\\|>'"):
+        build_processor(plain, clip_vision_config(32), SEQ)
+
+
+# ---------------------------------------------------------------------------------------------------- builders
+@pytest.mark.parametrize(
+    ("make_config", "mean", "std"),
+    [
+        (clip_vision_config, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+        (siglip_vision_config, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    ],
+)
+def test_build_processor_per_vision_family(tokenizer, make_config, mean, std):
+    config = make_config(image_size=224, patch_size=16)
+    processor = build_processor(tokenizer, config, image_seq_length=196)
+    assert tuple(processor.image_processor.image_mean) == pytest.approx(mean)
+    assert tuple(processor.image_processor.image_std) == pytest.approx(std)
+    images = [solid_image((30, 60, 90), (640, 480)), solid_image((0, 0, 0), (50, 300))]
+    out = processor(text=[f"{IMG} first", f"second {IMG}"], images=images, padding=True, return_tensors="pt")
+    assert out["pixel_values"].shape == (2, 3, 224, 224)
+    for row in out["input_ids"].tolist():
+        assert image_blocks(row, processor) == [[processor.image_token_id] * 196]
+    # A black image normalises to -mean/std in every channel.
+    expected_black = torch.tensor([-m / s for m, s in zip(mean, std)])
+    assert torch.allclose(out["pixel_values"][1].mean(dim=(1, 2)), expected_black, atol=1e-4)
+
+
+def test_build_image_processor_accepts_dicts_and_rejects_unknown_families():
+    assert build_image_processor({"model_type": "siglip_vision_model", "image_size": 64}).size.height == 64
+    assert build_image_processor({"model_type": "clip_vision_model", "image_size": 48}).crop_size.height == 48
+    with pytest.raises(ValueError, match="No image processor for vision model_type 'dinov2'"):
+        build_image_processor({"model_type": "dinov2", "image_size": 224})
+    with pytest.raises(ValueError, match="image_size"):
+        build_image_processor({"model_type": "clip_vision_model"})
+
+
+# ---------------------------------------------------------------------------------------------------- shipped tokenizer
+@pytest.mark.skipif(not (SHIPPED_TOKENIZER / "tokenizer.json").exists(), reason="shipped tokenizer not built yet")
+def test_with_shipped_tokenizer():
+    processor = build_processor(str(SHIPPED_TOKENIZER), clip_vision_config(48, 16), image_seq_length=9)
+    assert (processor.image_token_id, processor.vision_start_token_id, processor.vision_end_token_id) == (5, 3, 4)
+    conversation = [
+        {"role": "user",
+         "content": [{"type": "image", "image": solid_image()}, {"type": "text", "text": "What colour?"}]},
+        {"role": "assistant", "content": "It is red."},
+    ]
+    out = processor.apply_chat_template(
+        conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt"
+    )
+    ids, mask = out["input_ids"][0].tolist(), out["assistant_masks"][0].tolist()
+    assert image_blocks(ids, processor) == [[5] * 9]
+    assert assistant_segments(ids, mask, processor.tokenizer) == ["It is red.<|im_end|>"]
+    assert ids[0] == 1 and processor.tokenizer.eos_token_id == 2 and processor.tokenizer.pad_token_id == 0
