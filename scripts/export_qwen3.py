@@ -1,0 +1,37 @@
+"""CLI: write the decoder of a MiniMind-V checkpoint as a plain transformers Qwen3 checkpoint.
+
+Output: config.json (model_type qwen3), model.safetensors, generation_config.json and the tokenizer files when the
+input has a tokenizer. Only dense decoders with QK-norm have a Qwen3 equivalent. On failure it prints one
+`error: ...` line on stderr, exits with status 1 and leaves no output folder behind.
+"""
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="MiniMind-V folder (as written by save_pretrained)")
+    parser.add_argument("--output", required=True, help="output folder (must not exist or be empty)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                        help="weight dtype of the output (default: as stored)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
+    args = parser.parse_args(argv)
+
+    from transformers.utils import logging as hf_logging
+
+    from processing.checkpoint_io import convert_minimind_v_to_qwen3
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        output = convert_minimind_v_to_qwen3(args.model, args.output, dtype=args.dtype, overwrite=args.overwrite)
+    except Exception as error:  # noqa: BLE001 - a CLI reports every failure as one line, without a traceback
+        print(f"error: {' '.join(str(error).split()) or type(error).__name__}", file=sys.stderr)
+        return 1
+    print(f"wrote Qwen3 checkpoint to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

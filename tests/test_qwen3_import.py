@@ -1,0 +1,441 @@
+"""Qwen3 backbone + CLIP/SigLIP tower import and Qwen3 export (processing/checkpoint_io.py, scripts/import_qwen3.py,
+scripts/export_qwen3.py), checked against transformers on tiny random checkpoints built here (hidden 64, 2 layers,
+vocab 300, a ~290-token byte-level BPE tokenizer, 32 px vision towers).
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import PIL.Image
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    SiglipConfig,
+    SiglipModel,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+    ViTConfig,
+    ViTModel,
+)
+
+from conftest import REPO_ROOT, tiny_model
+from processing.checkpoint_io import (
+    CheckpointError,
+    SafetensorsCheckpoint,
+    convert_minimind_v_to_qwen3,
+    convert_qwen3_to_minimind_v,
+    import_qwen3,
+    qwen3_decoder_fields,
+)
+
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+VISION_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
+CORPUS = ["hello world, the cat sat on the mat. Describe the image: a red square and two blue circles."] * 8
+VOCAB = 300
+IMAGE_SIZE, PATCH = 32, 16
+VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+              image_size=IMAGE_SIZE, patch_size=PATCH)
+TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=99)
+
+
+# ----------------------------------------------------------------------------------------------- builders
+
+
+def make_tokenizer(folder: Path, vision_tokens: bool = True, size: int = 290) -> PreTrainedTokenizerFast:
+    """A Qwen-style tokenizer (ChatML specials, own chat template); the vision tokens only if `vision_tokens`."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    specials = QWEN_SPECIALS + (VISION_SPECIALS if vision_tokens else [])
+    trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(CORPUS, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # replaced on import
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def make_qwen3(folder: Path, tied: bool = True, shards: bool = False, vision_tokens: bool = True,
+               vocab: int = VOCAB, seed: int = 0) -> Path:
+    tokenizer = make_tokenizer(folder, vision_tokens, size=min(290, vocab))
+    config = Qwen3Config(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 50000.0},
+        rms_norm_eps=1e-6, max_position_embeddings=512, tie_word_embeddings=tied,
+        bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config)
+    model.save_pretrained(folder, max_shard_size="40KB" if shards else "50GB")
+    return folder
+
+
+def make_vision(folder: Path, kind: str, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    if kind == "clip_full":
+        CLIPModel(CLIPConfig(vision_config=VISION, text_config=dict(TEXT, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+                             projection_dim=16)).save_pretrained(folder)
+        # Non-default settings, to show that the checkpoint's image processor config drives the processor.
+        CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                              image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3]).save_pretrained(folder)
+    elif kind in ("clip_vision", "clip_vision_legacy"):
+        CLIPVisionModel(CLIPVisionConfig(**VISION)).save_pretrained(folder)
+        if kind == "clip_vision_legacy":  # transformers 4 wrote a CLIPVisionModel's keys under `vision_model.`
+            path = folder / "model.safetensors"
+            save_file({f"vision_model.{k}": v for k, v in load_file(path).items()}, path, metadata={"format": "pt"})
+    elif kind == "siglip_vision":
+        SiglipVisionModel(SiglipVisionConfig(**VISION)).save_pretrained(folder)
+    elif kind == "siglip_full":
+        SiglipModel(SiglipConfig(vision_config=VISION, text_config=TEXT)).save_pretrained(folder)
+    elif kind == "vit":
+        ViTModel(ViTConfig(**VISION)).save_pretrained(folder)
+    else:
+        raise ValueError(kind)
+    return folder
+
+
+def reference_tower(folder: Path, kind: str):
+    """The transformers vision model the tower must reproduce, loaded with no missing keys."""
+    cls = CLIPVisionModel if kind.startswith("clip") else SiglipVisionModel
+    model, info = cls.from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["mismatched_keys"], info
+    return model.eval()
+
+
+def text_batch(seed: int = 0):
+    """A left-padded batch of two prompts over the original (pre-import) vocabulary."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(6, 280, (2, 13), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    ids[1, :5] = 0
+    return ids, mask
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("qwen3_import")
+
+
+@pytest.fixture(scope="module")
+def clip_dir(work) -> Path:
+    return make_vision(work / "clip_full", "clip_full")
+
+
+def _cached(path: Path, build):
+    return path if path.exists() else build(path)
+
+
+# ----------------------------------------------------------------------------------------------- text parity
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+@pytest.mark.parametrize("shards", [False, True], ids=["single", "sharded"])
+def test_text_logits_match_transformers_qwen3(work, clip_dir, tied, shards):
+    qwen_dir = _cached(work / f"qwen_{tied}_{shards}", lambda p: make_qwen3(p, tied=tied, shards=shards))
+    n_shards = len(list(qwen_dir.glob("model-*-of-*.safetensors")))
+    assert (n_shards >= 2) if shards else (qwen_dir / "model.safetensors").is_file()
+
+    model, processor = import_qwen3(qwen_dir, clip_dir)
+    reference = Qwen3ForCausalLM.from_pretrained(qwen_dir).eval()
+    ids, mask = text_batch()
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=mask).logits
+        actual = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(actual[mask.bool()], expected[mask.bool()], atol=1e-4, rtol=1e-4)
+
+    config = model.config
+    assert (config.vocab_size, config.hidden_size, config.head_dim, config.num_key_value_heads) == (VOCAB, 64, 16, 2)
+    assert config.rope_theta == 50000.0 and config.qk_norm and config.max_position_embeddings == 512
+    assert config.tie_word_embeddings is tied
+    embed, head = model.get_input_embeddings().weight, model.lm_head.weight
+    assert (embed.data_ptr() == head.data_ptr()) is tied
+    # The tokenizer already has the vision tokens and they fit: ids reused, no resize.
+    assert config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>") == 5
+    assert embed.shape[0] == VOCAB
+    assert processor.chat_template == processor.tokenizer.chat_template and "<|im_start|>" in processor.chat_template
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["head-equals-embeddings", "head-differs"])
+def test_stored_head_with_tied_config(work, clip_dir, same):
+    """tie_word_embeddings=True but the file stores lm_head: tied if equal to the embeddings, else kept untied."""
+    source = _cached(work / "qwen_True_False", lambda p: make_qwen3(p))
+    folder = work / f"qwen_stored_head_{same}"
+    folder.mkdir(exist_ok=True)
+    for path in source.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    tensors = load_file(folder / "model.safetensors")
+    embed = tensors["model.embed_tokens.weight"]
+    tensors["lm_head.weight"] = embed.clone() if same else embed.flip(0).contiguous()
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+    model, _ = import_qwen3(folder, clip_dir)
+    assert model.config.tie_word_embeddings is same
+    assert (model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()) is same
+    assert torch.equal(model.lm_head.weight, tensors["lm_head.weight"])
+
+
+def test_overwrite_replaces_only_after_success(work, clip_dir):
+    qwen_dir = _cached(work / "qwen_True_False", lambda p: make_qwen3(p))
+    target = work / "overwrite_target"
+    target.mkdir()
+    (target / "keep.txt").write_text("old")
+    with pytest.raises(CheckpointError, match="already exists"):
+        convert_qwen3_to_minimind_v(qwen_dir, clip_dir, target)
+    with pytest.raises(CheckpointError, match="supported vision checkpoints"):
+        convert_qwen3_to_minimind_v(qwen_dir, qwen_dir, target, overwrite=True)
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]
+    convert_qwen3_to_minimind_v(qwen_dir, clip_dir, target, overwrite=True)
+    assert not (target / "keep.txt").exists() and (target / "model.safetensors").is_file()
+    assert not [p.name for p in work.iterdir() if p.name.startswith(".overwrite_target")]
+
+
+def test_rope_and_unsupported_features_from_raw_config(work):
+    qwen_dir = _cached(work / "qwen_True_False", lambda p: make_qwen3(p))
+    raw = json.loads((qwen_dir / "config.json").read_text())
+    legacy = work / "legacy_config"
+    legacy.mkdir(exist_ok=True)
+
+    def fields(**changes):
+        data = {k: v for k, v in raw.items() if k != "rope_parameters"}
+        data.update(changes)
+        (legacy / "config.json").write_text(json.dumps(data))
+        return qwen3_decoder_fields(legacy)
+
+    # transformers 4 layout: top-level rope_theta, rope_scaling null.
+    assert fields(rope_theta=1234.0, rope_scaling=None)["rope_theta"] == 1234.0
+    assert fields(rope_parameters={"rope_type": "default", "rope_theta": 777.0})["rope_theta"] == 777.0
+    with pytest.raises(CheckpointError, match="rope type 'linear'"):
+        fields(rope_theta=1e4, rope_scaling={"type": "linear", "factor": 2.0})
+    with pytest.raises(CheckpointError, match="sliding-window"):
+        fields(rope_theta=1e4, use_sliding_window=True, sliding_window=64, max_window_layers=0)
+    with pytest.raises(CheckpointError, match="expected 'qwen3'"):
+        fields(model_type="qwen3_moe")
+
+
+def test_added_vision_tokens_resize_embeddings(work, clip_dir):
+    # Vocabulary exactly as large as the tokenizer, which lacks the vision tokens: they must be added + resized.
+    qwen_dir = _cached(work / "qwen_novision", lambda p: make_qwen3(p, vision_tokens=False, vocab=290))
+    original = Qwen3ForCausalLM.from_pretrained(qwen_dir).eval()
+    old_vocab = original.config.vocab_size
+    assert len(PreTrainedTokenizerFast.from_pretrained(qwen_dir)) == old_vocab
+
+    model, processor = import_qwen3(qwen_dir, clip_dir)
+    tokenizer = processor.tokenizer
+    assert len(tokenizer) == old_vocab + 3
+    assert model.config.vocab_size == model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    assert model.config.image_token_id == tokenizer.convert_tokens_to_ids("<|image_pad|>") >= old_vocab
+    assert torch.equal(model.get_input_embeddings().weight[:old_vocab], original.get_input_embeddings().weight)
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()  # still tied
+    ids, mask = text_batch()
+    with torch.no_grad():
+        expected = original(input_ids=ids, attention_mask=mask).logits
+        actual = model(input_ids=ids, attention_mask=mask).logits[..., :old_vocab]
+    torch.testing.assert_close(actual[mask.bool()], expected[mask.bool()], atol=1e-4, rtol=1e-4)
+
+    # The processor expands the placeholder with the new ids and the model consumes them.
+    inputs = processor(text="<|image_pad|> describe", images=PIL.Image.new("RGB", (40, 30), (200, 30, 30)),
+                       return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == model.config.image_seq_length
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs).logits).all()
+
+
+# ----------------------------------------------------------------------------------------------- round trip
+
+
+@pytest.mark.parametrize("tied,shards", [(True, False), (False, True)], ids=["tied-single", "untied-sharded"])
+def test_import_export_round_trip(work, clip_dir, tied, shards):
+    qwen_dir = _cached(work / f"qwen_{tied}_{shards}", lambda p: make_qwen3(p, tied=tied, shards=shards))
+    vlm_dir = convert_qwen3_to_minimind_v(qwen_dir, clip_dir, work / f"vlm_{tied}", projector_type="linear")
+    qwen_out = convert_minimind_v_to_qwen3(vlm_dir, work / f"exported_{tied}")
+
+    exported = json.loads((qwen_out / "config.json").read_text())
+    assert exported["model_type"] == "qwen3" and exported["tie_word_embeddings"] is tied
+    assert (qwen_out / "model.safetensors").is_file()
+    keys = set(SafetensorsCheckpoint(qwen_out).keys())
+    assert ("lm_head.weight" in keys) is not tied and not any("vision" in k or "projector" in k for k in keys)
+    tokenizer_config = json.loads((qwen_out / "tokenizer_config.json").read_text())
+    assert "processor_class" not in tokenizer_config and "AutoProcessor" not in tokenizer_config.get("auto_map", {})
+
+    original = Qwen3ForCausalLM.from_pretrained(qwen_dir).eval()
+    reloaded = Qwen3ForCausalLM.from_pretrained(qwen_out).eval()
+    ids, mask = text_batch(seed=1)
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids, attention_mask=mask).logits,
+                           original(input_ids=ids, attention_mask=mask).logits)
+    assert PreTrainedTokenizerFast.from_pretrained(qwen_out).convert_tokens_to_ids("<|image_pad|>") == 5
+
+    half = convert_minimind_v_to_qwen3(vlm_dir, work / f"exported_bf16_{tied}", dtype="bfloat16")
+    ckpt = SafetensorsCheckpoint(half)
+    assert {ckpt.dtype(k) for k in ckpt.keys()} == {"BF16"}
+
+
+def test_export_refuses_moe_and_missing_qk_norm(tmp_path):
+    tiny_model(qk_norm=False).save_pretrained(tmp_path / "no_qk_norm")
+    with pytest.raises(CheckpointError, match="qk_norm"):
+        convert_minimind_v_to_qwen3(tmp_path / "no_qk_norm", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------- vision towers
+
+
+@pytest.mark.parametrize("kind", ["clip_full", "clip_vision", "clip_vision_legacy", "siglip_vision", "siglip_full"])
+def test_vision_tower_matches_transformers(work, kind):
+    qwen_dir = _cached(work / "qwen_True_False", lambda p: make_qwen3(p))
+    vision_dir = _cached(work / kind, lambda p: make_vision(p, kind))
+    model, processor = import_qwen3(qwen_dir, vision_dir, projector_type="mlp")
+    reference = reference_tower(vision_dir, kind)
+
+    pixels = processor(text="<|image_pad|>", images=[PIL.Image.new("RGB", (45, 37), (10, 120, 240))],
+                       return_tensors="pt")["pixel_values"]
+    pixels = torch.cat([pixels, torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE)])
+    n_patches = (IMAGE_SIZE // PATCH) ** 2
+    with torch.no_grad():
+        expected = reference(pixel_values=pixels).last_hidden_state[:, -n_patches:]
+        actual = model.model.vision_tower(pixel_values=pixels).last_hidden_state[:, -n_patches:]
+        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.get_image_features(pixels), model.multi_modal_projector(expected),
+                                   atol=1e-5, rtol=1e-5)
+
+    image_processor = processor.image_processor
+    if kind == "clip_full":  # settings from the checkpoint's preprocessor_config.json
+        assert list(image_processor.image_mean) == [0.5, 0.4, 0.3]
+    elif kind.startswith("clip"):
+        assert list(image_processor.image_mean) == pytest.approx([0.48145466, 0.4578275, 0.40821073])
+    else:
+        assert list(image_processor.image_mean) == [0.5, 0.5, 0.5]
+    assert model.config.vision_config.model_type == ("clip_vision_model" if kind.startswith("clip")
+                                                     else "siglip_vision_model")
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def _run_script(script: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO_ROOT / "scripts" / script), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def cli(work, clip_dir):
+    """Run every CLI case at once (each process spends seconds importing torch/transformers) and collect results."""
+    root = work / "cli"
+    root.mkdir()
+    good = _cached(work / "qwen_True_True", lambda p: make_qwen3(p, tied=True, shards=True))
+
+    def copy_of(name: str) -> Path:
+        target = root / name
+        target.mkdir()
+        for path in good.iterdir():
+            (target / path.name).write_bytes(path.read_bytes())
+        return target
+
+    no_weights = copy_of("no_weights")
+    for path in no_weights.glob("model*.safetensors*"):
+        path.unlink()
+    truncated = copy_of("truncated")
+    shard = sorted(truncated.glob("model-*.safetensors"))[1]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    missing_shard = copy_of("missing_shard")
+    sorted(missing_shard.glob("model-*.safetensors"))[0].unlink()
+    bad_shapes = copy_of("bad_shapes")
+    config = json.loads((bad_shapes / "config.json").read_text())
+    config["intermediate_size"] = 96
+    (bad_shapes / "config.json").write_text(json.dumps(config))
+    vit_dir = make_vision(root / "vit", "vit")
+    occupied = root / "occupied"
+    occupied.mkdir()
+    (occupied / "keep.txt").write_text("precious")
+    moe_dir = root / "moe_model"
+    tiny_model(use_moe=True).save_pretrained(moe_dir)
+
+    cases = {
+        "ok": ("import_qwen3.py", "--qwen3", good, "--vision", clip_dir, "--output", root / "out_ok",
+               "--projector", "cross_attention"),
+        "no_weights": ("import_qwen3.py", "--qwen3", no_weights, "--vision", clip_dir, "--output", root / "out_1"),
+        "truncated": ("import_qwen3.py", "--qwen3", truncated, "--vision", clip_dir, "--output", root / "out_2"),
+        "missing_shard": ("import_qwen3.py", "--qwen3", missing_shard, "--vision", clip_dir, "--output",
+                          root / "out_3"),
+        "bad_shapes": ("import_qwen3.py", "--qwen3", bad_shapes, "--vision", clip_dir, "--output", root / "out_4"),
+        "bad_vision": ("import_qwen3.py", "--qwen3", good, "--vision", vit_dir, "--output", root / "out_5"),
+        "occupied": ("import_qwen3.py", "--qwen3", good, "--vision", clip_dir, "--output", occupied),
+        "export_moe": ("export_qwen3.py", "--model", moe_dir, "--output", root / "out_6"),
+    }
+    outputs = {"no_weights": "out_1", "truncated": "out_2", "missing_shard": "out_3", "bad_shapes": "out_4",
+               "bad_vision": "out_5", "occupied": "occupied", "export_moe": "out_6"}
+    running = {name: _run_script(*args) for name, args in cases.items()}
+    results = {}
+    for name, process in running.items():
+        stdout, stderr = process.communicate(timeout=300)
+        results[name] = (process.returncode, stdout, stderr)
+    return {"root": root, "results": results, "outputs": outputs, "good": good}
+
+
+@pytest.mark.parametrize("case,message", [
+    ("no_weights", "has no model.safetensors or model.safetensors.index.json"),
+    ("truncated", "is not a valid safetensors file"),
+    ("missing_shard", "names shard file(s) that do not exist"),
+    ("bad_shapes", "shape mismatches: model.layers.0.mlp.down_proj.weight [64, 128] vs model"),
+    ("bad_vision", "'vit' checkpoint; supported vision checkpoints are CLIP and SigLIP"),
+    ("occupied", "already exists and is not empty (pass --overwrite"),
+    ("export_moe", "mixture-of-experts"),
+])
+def test_cli_errors_are_one_line_and_leave_nothing(cli, case, message):
+    returncode, stdout, stderr = cli["results"][case]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert returncode == 1, (stdout, stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert message in lines[0], lines[0]
+    root = cli["root"]
+    output = root / cli["outputs"][case]
+    if case == "occupied":  # refused, untouched
+        assert [p.name for p in output.iterdir()] == ["keep.txt"] and (output / "keep.txt").read_text() == "precious"
+    else:
+        assert not output.exists()
+    assert not [p.name for p in root.iterdir() if p.name.startswith(".")], "temporary folders left behind"
+
+
+def test_cli_output_loads_without_the_project_and_generates(cli, isolated):
+    returncode, stdout, stderr = cli["results"]["ok"]
+    assert returncode == 0, stderr
+    assert stdout.strip().startswith("wrote MiniMind-V checkpoint to")
+    out = cli["root"] / "out_ok"
+    config = json.loads((out / "config.json").read_text())
+    assert config["projector_type"] == "cross_attention" and config["image_token_id"] == 5
+    isolated(
+        f"""
+        import PIL.Image, torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
+        out = {str(out)!r}
+        model = AutoModelForImageTextToText.from_pretrained(out, trust_remote_code=True).eval()
+        processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
+        assert type(model).__name__ == "MiniMindVForConditionalGeneration"
+        assert type(processor).__name__ == "MiniMindVProcessor"
+        image = PIL.Image.new("RGB", (40, 30), (200, 30, 30))
+        messages = [{{"role": "user", "content": [{{"type": "image", "image": image}},
+                                                  {{"type": "text", "text": "describe"}}]}}]
+        inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                               return_dict=True, return_tensors="pt")
+        assert int((inputs["input_ids"] == 5).sum()) == model.config.image_seq_length == 64
+        generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        assert generated.shape[1] == inputs["input_ids"].shape[1] + 4 or generated[0, -1] == 2
+        pipe = pipeline("image-text-to-text", model=out, trust_remote_code=True)
+        result = pipe(text=messages, max_new_tokens=3, do_sample=False)
+        assert isinstance(result[0]["generated_text"], (str, list)), result
+        """
+    )
