@@ -222,7 +222,8 @@ class MiniMindDecoderLayer(GradientCheckpointingLayer):
         self.mlp = MiniMindMoE(config) if config.use_moe else MiniMindMLP(config)
         self.input_layernorm = MiniMindRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = MiniMindRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.dropout = nn.Dropout(config.dropout)
+        # Identity when unused: a p=0 Dropout still costs a pass over the activations in training mode.
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     def forward(self, hidden_states, attention_mask=None, position_embeddings=None, past_key_values=None, **kwargs):
         residual = hidden_states

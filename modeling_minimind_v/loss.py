@@ -11,6 +11,32 @@ import torch
 CHUNK_ELEMENTS = 2**27
 
 
+def _loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, scale: float, with_grad: bool):
+    """Summed cross-entropy of a logits chunk [c, V] and, optionally, d(loss * scale)/d(logits) in logits' dtype."""
+    logits32 = logits.float()
+    lse = torch.logsumexp(logits32, dim=-1)
+    loss = (lse - logits32.gather(1, targets[:, None]).squeeze(1)).sum()
+    if not with_grad:
+        return loss, None
+    # softmax - onehot without materialising a one-hot tensor (fuses into one pass when compiled)
+    hit = torch.arange(logits.shape[1], device=logits.device)[None, :] == targets[:, None]
+    grad = ((logits32 - lse[:, None]).exp() - hit.float()) * scale
+    return loss, grad.to(logits.dtype)
+
+
+_compiled_loss_and_grad = None
+
+
+def _chunk_loss_and_grad(logits, targets, scale, with_grad):
+    # On GPUs the elementwise passes over a [chunk, vocab] tensor dominate: compile them into one or two kernels.
+    global _compiled_loss_and_grad
+    if logits.device.type != "cuda":
+        return _loss_and_grad(logits, targets, scale, with_grad)
+    if _compiled_loss_and_grad is None:
+        _compiled_loss_and_grad = torch.compile(_loss_and_grad, dynamic=True)
+    return _compiled_loss_and_grad(logits, targets, scale, with_grad)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, denominator, chunk_rows):
@@ -23,18 +49,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_rows):
             h = hidden[start : start + chunk_rows]
             t = targets[start : start + chunk_rows]
-            logits = (h @ weight.T).float()  # [c, V]
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            if need_hidden_grad or need_weight_grad:
-                # d(loss)/d(logits) = softmax - onehot, scaled by 1/denominator
-                grad_logits = logits.sub_(lse[:, None]).exp_()
-                grad_logits[torch.arange(t.shape[0], device=t.device), t] -= 1.0
-                grad_logits = (grad_logits / denominator).to(hidden.dtype)
+            logits = h @ weight.T  # [c, V] in the weights' dtype
+            with_grad = need_hidden_grad or need_weight_grad
+            loss, grad_logits = _chunk_loss_and_grad(logits, t, 1.0 / denominator, with_grad)
+            total += loss
+            if with_grad:
                 if need_hidden_grad:
                     grad_hidden[start : start + chunk_rows] = grad_logits @ weight
                 if need_weight_grad:
-                    grad_weight += (grad_logits.T @ h).float()
+                    grad_weight.add_(grad_logits.T @ h)  # fp32 accumulator, no fp32 copy
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total / denominator
 

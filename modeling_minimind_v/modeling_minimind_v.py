@@ -18,6 +18,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_minimind_v import MiniMindVConfig
+from .fast_generate import fast_generate, fast_generate_settings
 from .language_model import MiniMindRotary, MiniMindTextModel
 from .loss import chunked_causal_lm_loss
 from .model_card import render_model_card
@@ -217,7 +218,7 @@ class MiniMindVModel(MiniMindVPreTrainedModel):
             past_key_values = DynamicCache(config=self.config)
         if position_ids is None:
             position_ids = self._positions(attention_mask, inputs_embeds, past_key_values)
-        if attention_mask is not None and attention_mask.ndim == 2 and _is_all_ones(attention_mask):
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2 and _is_all_ones(attention_mask):
             # Nothing is padded: a pure causal mask lets sdpa pick its flash kernel instead of a masked one.
             attention_mask = None
 
@@ -269,6 +270,14 @@ class MiniMindVForConditionalGeneration(MiniMindVPreTrainedModel, GenerationMixi
     @property
     def language_model(self):
         return self.model.language_model
+
+    def generate(self, *args, **kwargs):
+        """transformers' `generate`; with `cache_implementation="static"` and plain greedy/sampled decoding of the
+        dense model, decode steps run as one compiled CUDA graph each (see fast_generate.py)."""
+        settings = None if args else fast_generate_settings(self, kwargs)
+        if settings is None:
+            return super().generate(*args, **kwargs)
+        return fast_generate(self, settings)
 
     def forward(
         self,

@@ -218,7 +218,10 @@ def run_system(system, mode_name, config, args, device, dtype, compile_train, fu
             trace = os.path.join(args.profile_dir, f"{system}_train_trace.json")
             prof.export_chrome_trace(trace)
             sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-            print(prof.key_averages().table(sort_by=sort, row_limit=15))
+            table = prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=70)
+            with open(os.path.join(args.profile_dir, f"{system}_train_top_ops.txt"), "w") as f:
+                f.write(table)
+            print(table)
             result["profile_trace"] = trace
         del batch
     if "generate" in modes:

@@ -1,0 +1,82 @@
+"""The static-cache fast decoding path (`generate(cache_implementation="static")`) against transformers' own
+`generate` with a dynamic cache: same tokens, same EOS/padding/min-length behaviour, same stopping point.
+
+Run: `python -m pytest tests/test_fast_generate.py -q`. (tests/test_gpu.py repeats the check with CUDA graphs.)
+"""
+
+import pytest
+import torch
+from conftest import tiny_model
+
+import modeling_minimind_v.fast_generate as fast
+
+
+def batch():
+    g = torch.Generator().manual_seed(0)
+    rows = [[1, 3] + [5] * 9 + [4] + torch.randint(6, 1024, (n,), generator=g).tolist() for n in (3, 8)]
+    width = max(map(len, rows))
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return {"input_ids": ids, "attention_mask": mask,
+            "pixel_values": torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))}
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = tiny_model(seed=0)
+    with torch.no_grad():  # larger weights: a random model that does not repeat one token, so EOS cases exist
+        for p in m.model.language_model.parameters():
+            if p.ndim > 1:
+                p.mul_(8.0)
+    return m
+
+
+def test_fast_path_is_taken_and_matches_dynamic(model, monkeypatch):
+    calls = []
+    original = fast.fast_generate
+    monkeypatch.setattr("modeling_minimind_v.modeling_minimind_v.fast_generate",
+                        lambda m, s: calls.append(1) or original(m, s))
+    kwargs = dict(**batch(), max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    static = model.generate(**kwargs, cache_implementation="static")
+    dynamic = model.generate(**kwargs)
+    assert calls == [1]
+    assert torch.equal(static, dynamic)
+
+
+def test_eos_padding_and_stop_match_transformers(model):
+    inputs = batch()
+    free = model.generate(**inputs, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    new = free[:, inputs["input_ids"].shape[1]:]
+    eos = int(new[0, 2])  # row 0 emits this at step 2: it finishes there and is padded afterwards
+    assert eos not in new[0, :2].tolist()
+    prompt_len = inputs["input_ids"].shape[1]
+    for extra in ({}, {"min_new_tokens": 5}):
+        kwargs = dict(**inputs, max_new_tokens=12, do_sample=False, eos_token_id=eos, pad_token_id=0, **extra)
+        reference = model.generate(**kwargs)
+        assert torch.equal(model.generate(**kwargs, cache_implementation="static"), reference)
+        if not extra:  # row 0 stopped at its EOS and was padded afterwards
+            assert reference[0, prompt_len + 2] == eos and (reference[0, prompt_len + 3:] == 0).all()
+        else:  # EOS held back for 5 tokens
+            assert eos not in reference[0, prompt_len : prompt_len + 5].tolist()
+
+
+def test_sampling_with_top_k_one_is_greedy_and_sampling_varies(model):
+    inputs = batch()
+    greedy = model.generate(**inputs, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0,
+                            cache_implementation="static")
+    top1 = model.generate(**inputs, max_new_tokens=8, do_sample=True, top_k=1, eos_token_id=None, pad_token_id=0,
+                          cache_implementation="static")
+    assert torch.equal(greedy, top1)
+    torch.manual_seed(0)
+    draws = {tuple(model.generate(**inputs, max_new_tokens=8, do_sample=True, temperature=2.0, top_k=0, top_p=0.99,
+                                  eos_token_id=None, pad_token_id=0, cache_implementation="static")[0].tolist())
+             for _ in range(4)}
+    assert len(draws) > 1
+
+
+def test_unsupported_options_fall_back_to_transformers(model, monkeypatch):
+    monkeypatch.setattr("modeling_minimind_v.modeling_minimind_v.fast_generate",
+                        lambda m, s: pytest.fail("fast path used for beam search"))
+    out = model.generate(**batch(), max_new_tokens=4, num_beams=2, eos_token_id=None, pad_token_id=0,
+                         cache_implementation="static")
+    assert out.shape[1] == batch()["input_ids"].shape[1] + 4
