@@ -101,6 +101,16 @@ class MiniMindVPreTrainedModel(PreTrainedModel):
             return api.upload_folder(repo_id=repo_id, folder_path=tmp_dir, commit_message=commit_message,
                                      revision=revision, create_pr=create_pr)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # Loading materialises fresh parameters (requires_grad=True): re-apply the configured vision freeze.
+        model = super().from_pretrained(*args, **kwargs)
+        vision_tower = model.get_submodule(f"{cls.base_model_prefix}.vision_tower" if hasattr(model, "model")
+                                           else "vision_tower")
+        if model.config.freeze_vision_tower:
+            vision_tower.requires_grad_(False)
+        return model
+
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, MiniMindRotary):

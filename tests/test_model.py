@@ -484,6 +484,14 @@ def test_push_to_hub_uploads_a_loadable_folder(tmp_path, monkeypatch, isolated):
     )
 
 
+def test_vision_tower_stays_frozen_after_reload(tmp_path):
+    tiny_model().save_pretrained(tmp_path)
+    for cls in (MiniMindVForConditionalGeneration, MiniMindVModel):
+        reloaded = cls.from_pretrained(tmp_path)
+        assert not any(p.requires_grad for n, p in reloaded.named_parameters() if "vision_tower" in n)
+        assert all(p.requires_grad for n, p in reloaded.named_parameters() if "language_model" in n)
+
+
 def test_inner_model_alone_saves_and_reloads(tmp_path):
     torch.manual_seed(0)
     inner = MiniMindVModel(tiny_config()).eval()
