@@ -7,6 +7,8 @@ transformers' generate token for token). Remote code: torch only.
 
 import torch
 
+from .language_model import eager_attention_forward
+
 # `generate` arguments this path understands; anything else falls back to transformers.
 FAST_KWARGS = {
     "input_ids", "attention_mask", "pixel_values", "max_new_tokens", "min_new_tokens", "do_sample", "temperature",
@@ -99,7 +101,7 @@ class FastDecoder:
         mask = self._mask(self.cache.length.expand(self.tokens.shape[0])[:, None])
         hidden, _, _ = model.model.language_model(
             embeds, attention_mask={"full_attention": mask}, position_ids=self.positions,
-            past_key_values=self.cache,
+            past_key_values=self.cache, attention_interface=eager_attention_forward,  # one query: matmuls fuse best
         )
         token = self._select(model.lm_head(hidden[:, -1]).float())
         self.next_token.copy_(token)

@@ -67,25 +67,21 @@ def apply_rotary_pos_emb(q, k, cos, sin):
     return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
 
 
-def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """[b, kv_heads, s, d] -> [b, kv_heads * n_rep, s, d]"""
-    if n_rep == 1:
-        return hidden_states
-    b, kv_heads, s, d = hidden_states.shape
-    hidden_states = hidden_states[:, :, None].expand(b, kv_heads, n_rep, s, d)
-    return hidden_states.reshape(b, kv_heads * n_rep, s, d)
-
-
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    key = repeat_kv(key, module.num_key_value_groups)
-    value = repeat_kv(value, module.num_key_value_groups)
-    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    """Plain attention. GQA without repeat_kv copies: each KV head's query heads are stacked along the query axis."""
+    batch, heads, q_len, head_dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    query = query.reshape(batch, kv_heads, groups * q_len, head_dim)  # head i -> KV head i // groups
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # [b, kv_heads, groups*q, kv_len]
     if attention_mask is not None:
-        attn_weights = attn_weights + attention_mask
+        mask = attention_mask[:, :, :, : key.shape[-2]]  # [b, 1, q, kv_len]
+        attn_weights = (attn_weights.view(batch, kv_heads, groups, q_len, -1) + mask[:, :, None]).flatten(2, 3)
     attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
     attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
-    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()  # [b, s, heads, d]
-    return attn_output, attn_weights
+    attn_output = torch.matmul(attn_weights, value)  # [b, kv_heads, groups*q, d]
+    attn_output = attn_output.view(batch, heads, q_len, head_dim).transpose(1, 2).contiguous()  # [b, q, heads, d]
+    return attn_output, attn_weights.view(batch, heads, q_len, -1)
 
 
 class MiniMindAttention(nn.Module):
@@ -124,9 +120,9 @@ class MiniMindAttention(nn.Module):
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        # A caller may pin the kernel (the CUDA-graph decoder does); otherwise the configured implementation.
+        attention_interface: Callable = kwargs.pop("attention_interface", None) or \
+            ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         attn_output, attn_weights = attention_interface(
             self, query, key, value, attention_mask,
             dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling, **kwargs,

@@ -201,6 +201,27 @@ def measure_generate(model, inputs, args, device, static):
             "warmup_s": warmup_s}
 
 
+@torch.no_grad()
+def profile_generate(model, inputs, args, device, static, name):
+    """Top kernels of one (already warmed-up) generate call."""
+    import os
+
+    activities = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
+                  pad_token_id=model.config.get_text_config().pad_token_id)
+    if static:
+        kwargs["cache_implementation"] = "static"
+    with torch.profiler.profile(activities=activities) as prof:
+        model.generate(**inputs, **kwargs)
+        sync(device)
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=70)
+    os.makedirs(args.profile_dir, exist_ok=True)
+    with open(os.path.join(args.profile_dir, f"{name}_top_ops.txt"), "w") as f:
+        f.write(table)
+
+
 def run_system(system, mode_name, config, args, device, dtype, compile_train, fused, static_gen, profile=False):
     model = build(system, config, device, dtype)
     result = {}
@@ -229,6 +250,8 @@ def run_system(system, mode_name, config, args, device, dtype, compile_train, fu
         for b in [int(x) for x in args.gen_batch.split(",")]:
             inputs = generate_inputs(config, b, args.prompt_text_tokens, device, dtype)
             result["generate"][f"batch{b}"] = measure_generate(model, inputs, args, device, static_gen)
+            if profile:
+                profile_generate(model, inputs, args, device, static_gen, f"{system}_generate_batch{b}")
     del model
     gc.collect()
     if device.type == "cuda":
