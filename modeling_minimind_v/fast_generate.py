@@ -7,7 +7,7 @@ transformers' generate token for token). Remote code: torch only.
 
 import torch
 
-from .language_model import eager_attention_forward
+from .language_model import apply_rotary_pos_emb, eager_attention_forward
 
 # `generate` arguments this path understands; anything else falls back to transformers.
 FAST_KWARGS = {
@@ -57,10 +57,29 @@ class FastDecoder:
         self.eos = torch.full((8,), -1, dtype=torch.long, device=device)
         self.key_positions = torch.arange(max_length, device=device)
         self.next_token = torch.zeros(batch_size, dtype=torch.long, device=device)
+        # At batch 1 a decode step is ~7 small matmuls per layer, each latency-bound: run q/k/v and gate/up as one
+        # matmul each, from concatenated copies of the weights (refreshed at every request, so never stale).
+        self.layers = model.model.language_model.layers
+        self.fused_qkv = [torch.cat(self._qkv_weights(layer)) for layer in self.layers]
+        self.fused_gate_up = [torch.cat(self._gate_up_weights(layer)) for layer in self.layers]
         self.graph = None
         self.step_fn = self._step
         if device.type == "cuda":
             self._capture()
+
+    @staticmethod
+    def _qkv_weights(layer):
+        attn = layer.self_attn
+        return attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight
+
+    @staticmethod
+    def _gate_up_weights(layer):
+        return layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight
+
+    def _refresh_fused_weights(self):
+        for layer, qkv, gate_up in zip(self.layers, self.fused_qkv, self.fused_gate_up):
+            torch.cat(self._qkv_weights(layer), out=qkv)
+            torch.cat(self._gate_up_weights(layer), out=gate_up)
 
     # -------------------------------------------------------------------------------------------- one step
     def _mask(self, query_positions: torch.Tensor) -> torch.Tensor:
@@ -95,14 +114,33 @@ class FastDecoder:
         self.step_index += 1
         return token
 
+    def _layer(self, index, hidden, position_embeddings, mask):
+        """MiniMindDecoderLayer.forward for one new token, with the fused q/k/v and gate/up matmuls."""
+        layer = self.layers[index]
+        attn, mlp = layer.self_attn, layer.mlp
+        batch = hidden.shape[0]
+        x = layer.input_layernorm(hidden)
+        q, k, v = (x @ self.fused_qkv[index].T).split(
+            [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features], dim=-1)
+        q = attn.q_norm(q.view(batch, 1, -1, attn.head_dim)).transpose(1, 2)  # [b, heads, 1, d]
+        k = attn.k_norm(k.view(batch, 1, -1, attn.head_dim)).transpose(1, 2)
+        v = v.view(batch, 1, -1, attn.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
+        k, v = self.cache.update(k, v, index)
+        out, _ = eager_attention_forward(attn, q, k, v, mask, scaling=attn.scaling)
+        hidden = hidden + attn.o_proj(out.reshape(batch, 1, -1))
+        gate, up = (layer.post_attention_layernorm(hidden) @ self.fused_gate_up[index].T).chunk(2, dim=-1)
+        return hidden + mlp.down_proj(mlp.act_fn(gate) * up)
+
     def _step(self):
         model = self.model
-        embeds = model.get_input_embeddings()(self.tokens)  # [b, 1, h]
+        language_model = model.model.language_model
+        hidden = model.get_input_embeddings()(self.tokens)  # [b, 1, h]
         mask = self._mask(self.cache.length.expand(self.tokens.shape[0])[:, None])
-        hidden, _, _ = model.model.language_model(
-            embeds, attention_mask={"full_attention": mask}, position_ids=self.positions,
-            past_key_values=self.cache, attention_interface=eager_attention_forward,  # one query: matmuls fuse best
-        )
+        position_embeddings = language_model.rotary_emb(hidden, self.positions)
+        for index in range(len(self.layers)):
+            hidden = self._layer(index, hidden, position_embeddings, mask)
+        hidden = language_model.norm(hidden)
         token = self._select(model.lm_head(hidden[:, -1]).float())
         self.next_token.copy_(token)
         self.tokens.copy_(token[:, None])
@@ -138,6 +176,7 @@ class FastDecoder:
     def generate(self, input_ids, attention_mask, pixel_values, max_new_tokens, min_new_tokens, eos_ids, pad_id):
         model = self.model
         batch, prompt_len = input_ids.shape
+        self._refresh_fused_weights()
         self.valid.fill_(True)
         self.valid[:, :prompt_len] = attention_mask.bool()
         self.finished.zero_()
@@ -181,7 +220,9 @@ def fast_generate_settings(model, kwargs: dict) -> dict | None:
     config = model.generation_config
     if kwargs.get("cache_implementation", config.cache_implementation) != "static":
         return None
-    if set(kwargs) - FAST_KWARGS or model.config.use_moe or kwargs.get("use_cache") is False:
+    if set(kwargs) - FAST_KWARGS or model.config.use_moe or model.config.attention_bias or model.training:
+        return None
+    if kwargs.get("use_cache") is False:
         return None
     if kwargs.get("input_ids") is None or (config.num_beams or 1) != 1 or config.repetition_penalty not in (None, 1.0):
         return None
@@ -213,6 +254,7 @@ def fast_generate_settings(model, kwargs: dict) -> dict | None:
     }
 
 
+@torch.no_grad()  # also while compiling and capturing the step: no autograd graph of the decode
 def fast_generate(model, settings: dict) -> torch.Tensor:
     batch, prompt_len = settings["input_ids"].shape
     max_length = prompt_len + settings["max_new_tokens"]
