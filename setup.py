@@ -18,6 +18,7 @@ setup(
         "pillow>=10",
         "accelerate>=1.0",
         "numpy>=1.26",
+        "matplotlib>=3.8",  # the demo's loss curve
     ],
     extras_require={
         "train": ["trl>=1.0", "peft>=0.17", "datasets>=3.0", "matplotlib>=3.8", "tensorboard>=2.15"],
