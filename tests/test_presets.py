@@ -83,3 +83,25 @@ def test_qwen3_preset_equals_transformers_qwen3_plus_clip_plus_projector():
     assert count(qwen) == 596_049_920  # Qwen3-0.6B, tied embedding counted once
     assert count(model) == count(qwen) + count(clip) + projector
     assert count(model, "model.language_model.") == count(qwen)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_processor_token_count_matches_model_features(name):
+    """For every preset, the processor's image block has exactly as many placeholders as the model has features."""
+    from PIL import Image
+
+    from processing.processor_builder import build_processor
+    from processing.tokenizer import load_default_tokenizer
+
+    config = MiniMindVConfig.from_preset(name)
+    processor = build_processor(load_default_tokenizer(), config.vision_config, config.image_seq_length)
+    out = processor(images=[Image.new("RGB", (300, 200), "red")], text=f"look {processor.image_token} here",
+                    return_tensors="pt")
+    image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    assert int((out["input_ids"] == image_token_id).sum()) == config.image_seq_length
+    size = config.vision_config.image_size
+    assert tuple(out["pixel_values"].shape) == (1, 3, size, size)
+    with torch.device("meta"):
+        model = MiniMindVForConditionalGeneration(config)
+        features = model.model.get_image_features(torch.empty(1, 3, size, size, device="meta"))
+    assert features.shape[1] == config.image_seq_length
