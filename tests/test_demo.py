@@ -1,0 +1,28 @@
+"""The demo's pieces, end to end at toy size: data, tokenizer, model, training, evaluation, Auto reload, pipeline,
+loss curve. (The full demo — thousands of steps — is not a CI test; its numbers are in README.md.)
+
+Run: `python -m pytest tests/test_demo.py -q`.
+"""
+
+import json
+
+from conftest import REPO_ROOT
+
+
+def test_demo_runs_end_to_end_at_toy_size(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo", REPO_ROOT / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    out = tmp_path / "demo"
+    summary = demo.main(["--output", str(out), "--train-images", "48", "--eval-images", "16", "--steps", "6",
+                         "--batch-size", "8"])
+    assert set(summary["per_type"]) == {"color", "shape", "position", "count"}
+    assert summary["n_eval"] == 16 and 0.0 <= summary["accuracy"] <= 1.0
+    assert isinstance(summary["new_image"]["answer"], str) and summary["new_image"]["expected"]
+    log = [json.loads(line) for line in (out / "model" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 7))
+    assert (out / "loss_curve.png").stat().st_size > 10_000
+    assert (out / "tokenizer" / "tokenizer.json").exists()
+    assert json.loads((out / "demo_summary.json").read_text())["accuracy"] == summary["accuracy"]
