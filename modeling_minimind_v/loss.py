@@ -7,8 +7,8 @@ and replayed in backward, so peak memory is one chunk of logits instead of all o
 
 import torch
 
-# Rows per chunk are chosen so one fp32 logits chunk stays near this many elements (2**27 = 512 MiB).
-CHUNK_ELEMENTS = 2**27
+# Rows per chunk are chosen so one logits chunk stays near this many elements (2**26: 128 MiB in bf16).
+CHUNK_ELEMENTS = 2**26
 
 
 def _loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, scale: float, with_grad: bool):
@@ -42,9 +42,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, denominator, chunk_rows):
         # hidden [N, h] (only labelled positions), weight [V, h], targets [N]
         need_hidden_grad, need_weight_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        ctx.weight_dtype = weight.dtype
         grad_hidden = torch.empty_like(hidden) if need_hidden_grad else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight_grad else None
+        # In the weights' dtype, like the .grad it becomes: an fp32 copy would cost V x h x 4 bytes at peak memory.
+        grad_weight = torch.zeros_like(weight) if need_weight_grad else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_rows):
             h = hidden[start : start + chunk_rows]
@@ -57,7 +57,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if need_hidden_grad:
                     grad_hidden[start : start + chunk_rows] = grad_logits @ weight
                 if need_weight_grad:
-                    grad_weight.add_(grad_logits.T @ h)  # fp32 accumulator, no fp32 copy
+                    grad_weight.addmm_(grad_logits.T, h)
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total / denominator
 
@@ -67,7 +67,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if grad_hidden is not None:
             grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
         if grad_weight is not None:
-            grad_weight = (grad_weight * grad_output).to(ctx.weight_dtype)
+            grad_weight = grad_weight * grad_output.to(grad_weight.dtype)
         return grad_hidden, grad_weight, None, None, None
 
 
