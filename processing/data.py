@@ -210,6 +210,19 @@ def parse_row(row, image_root: Path) -> tuple[list[dict], list[ImageRef]]:
     return messages, images
 
 
+def parse_rows(path: Path, image_root: Path, stats: "DataStats") -> list[tuple[str, list[dict], list["ImageRef"]]]:
+    """Every valid row of a data file as (where, messages, image refs); invalid rows are counted in ``stats``."""
+    parsed = []
+    for where, row in iter_rows(path):
+        stats.rows += 1
+        try:
+            messages, refs = parse_row(row, image_root)
+        except RowError as error:
+            stats.skip(error.reason, where, str(error))
+            continue
+        parsed.append((where, messages, refs))
+    return parsed
+
 def _to_content_items(messages: list[dict], image) -> list[dict]:
     """String content with `<image>` -> list content with image items, so the chat template emits one placeholder per
     image and the processor expands it (a stand-in image is enough: only the text side is kept)."""
@@ -291,15 +304,7 @@ class VLMDataset(Dataset):
         }))
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-        parsed = []  # (where, messages, refs)
-        for where, row in iter_rows(self.path):
-            self.stats.rows += 1
-            try:
-                messages, refs = parse_row(row, self.image_root)
-            except RowError as error:
-                self.stats.skip(error.reason, where, str(error))
-                continue
-            parsed.append((where, messages, refs))
+        parsed = parse_rows(self.path, self.image_root, self.stats)
 
         self.image_refs: list[ImageRef] = []
         image_index: dict = {}

@@ -28,8 +28,8 @@ from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from .data import (
-    IGNORE_INDEX, IMAGE_PLACEHOLDER, PLACEHOLDER_MISMATCH, TEMPLATE_ERROR, TOO_LONG, DataStats, ImageRef, RowError,
-    decode_image, iter_rows, parse_row,
+    IGNORE_INDEX, IMAGE_PLACEHOLDER, PLACEHOLDER_MISMATCH, TEMPLATE_ERROR, TOO_LONG, DataStats, RowError,
+    decode_image, parse_rows,
 )
 
 logger = logging.getLogger(__name__)
@@ -77,15 +77,8 @@ class TRLChatDataset(Dataset):
         self.path = Path(path)
         self.image_root = Path(image_root) if image_root is not None else self.path.resolve().parent
         self.stats = DataStats(source=str(self.path))
-        parsed: list[tuple[str, list[dict], list[ImageRef]]] = []
-        for where, row in iter_rows(self.path):
-            self.stats.rows += 1
-            try:
-                messages, refs = parse_row(row, self.image_root)
-            except RowError as error:
-                self.stats.skip(error.reason, where, str(error))
-                continue
-            parsed.append((where, to_trl_messages(messages), refs))
+        parsed = [(where, to_trl_messages(messages), refs)
+                  for where, messages, refs in parse_rows(self.path, self.image_root, self.stats)]
         if max_length is not None:
             if processor is None:
                 raise ValueError("max_length needs the processor to count tokens")

@@ -129,7 +129,7 @@ def test_batched_left_padded_generate_matches_one_at_a_time(loaded):
     model, processor = loaded
     texts = [
         f"<|im_start|>user\n{IMG}What colour is the square?<|im_end|>\n<|im_start|>assistant\n",
-        f"<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
         f"<|im_start|>user\n{IMG} and {IMG}: same?<|im_end|>\n<|im_start|>assistant\n",
     ]
     images = [[solid_image((255, 0, 0))], [], [solid_image((0, 255, 0)), solid_image((0, 0, 255), (30, 10))]]

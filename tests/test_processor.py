@@ -1,7 +1,6 @@
 """Tests for MiniMindVProcessor, its chat template and the processor builders (tiny tokenizer built locally)."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
