@@ -42,32 +42,48 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, denominator, chunk_rows):
         # hidden [N, h] (only labelled positions), weight [V, h], targets [N]
         need_hidden_grad, need_weight_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        with_grad = need_hidden_grad or need_weight_grad
+        # Under autocast the head's matmuls run in the autocast dtype, as nn.Linear's would, while the gradients are
+        # kept in the dtypes of the tensors they belong to (fp32 master weights stay fp32). In-place ops are not
+        # autocast, so every cast is explicit and autocast is off inside.
+        device_type = hidden.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        compute_dtype = torch.get_autocast_dtype(device_type) if autocast else weight.dtype
         grad_hidden = torch.empty_like(hidden) if need_hidden_grad else None
-        # In the weights' dtype, like the .grad it becomes: an fp32 copy would cost V x h x 4 bytes at peak memory.
+        # In the weights' dtype, like the .grad it becomes: an fp32 copy of a bf16 head would cost V x h x 4 bytes.
         grad_weight = torch.zeros_like(weight) if need_weight_grad else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, hidden.shape[0], chunk_rows):
-            h = hidden[start : start + chunk_rows]
-            t = targets[start : start + chunk_rows]
-            logits = h @ weight.T  # [c, V] in the weights' dtype
-            with_grad = need_hidden_grad or need_weight_grad
-            loss, grad_logits = _chunk_loss_and_grad(logits, t, 1.0 / denominator, with_grad)
-            total += loss
-            if with_grad:
+        # d(mean loss)/d(logits) = (softmax - onehot) / denominator, scaled in fp32 before the cast. In fp16 a scaled
+        # gradient would underflow (p / N < 6e-8 for rare tokens), so there it stays unscaled, in [-1, 1], and the
+        # 1 / denominator is applied in backward instead.
+        fp16 = compute_dtype == torch.float16
+        pre_scale, ctx.post_scale = (1.0, 1.0 / denominator) if fp16 else (1.0 / denominator, 1.0)
+        with torch.autocast(device_type, enabled=False):
+            w = weight.to(compute_dtype)  # [V, h]; a no-op without autocast
+            for start in range(0, hidden.shape[0], chunk_rows):
+                h = hidden[start : start + chunk_rows].to(compute_dtype)
+                t = targets[start : start + chunk_rows]
+                logits = h @ w.T  # [c, V]
+                loss, grad_logits = _chunk_loss_and_grad(logits, t, pre_scale, with_grad)
+                total += loss
                 if need_hidden_grad:
-                    grad_hidden[start : start + chunk_rows] = grad_logits @ weight
+                    grad_hidden[start : start + chunk_rows] = grad_logits @ w
                 if need_weight_grad:
-                    grad_weight.addmm_(grad_logits.T, h)
+                    if grad_weight.dtype == compute_dtype:
+                        grad_weight.addmm_(grad_logits.T, h)
+                    else:
+                        grad_weight += (grad_logits.T @ h).to(grad_weight.dtype)
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total / denominator
 
     @staticmethod
     def backward(ctx, grad_output):
         grad_hidden, grad_weight = ctx.saved_tensors
+        scale = grad_output * ctx.post_scale
         if grad_hidden is not None:
-            grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
+            grad_hidden = grad_hidden * scale.to(grad_hidden.dtype)
         if grad_weight is not None:
-            grad_weight = grad_weight * grad_output.to(grad_weight.dtype)
+            grad_weight = grad_weight * scale.to(grad_weight.dtype)
         return grad_hidden, grad_weight, None, None, None
 
 

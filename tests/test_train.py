@@ -260,3 +260,19 @@ def test_two_process_ddp_matches_single_process_accumulation(data, tmp_path, acc
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stderr
     _assert_same_run(tmp_path, accumulated_run, atol=1e-6)
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "sft"])
+def test_bf16_mixed_precision_trains_with_fp32_master_weights(train, data, init_dir, tmp_path, stage):
+    """bf16 autocast over fp32 weights, both stages (sft trains the LM head through the chunked loss)."""
+    output = tmp_path / f"bf16-{stage}"
+    rows = data / ("pretrain.jsonl" if stage == "pretrain" else "sft.jsonl")
+    # Its own process: Accelerate's mixed-precision setting is process-wide.
+    subprocess.run([sys.executable, str(TRAIN_SCRIPT), "--model", str(init_dir), "--stage", stage, "--data", str(rows),
+                    "--output", str(output), "--max-steps", "20", "--lr", "1e-2" if stage == "pretrain" else "3e-3",
+                    "--warmup-ratio", "0.1", "--mixed-precision", "bf16", *COMMON], check=True, capture_output=True)
+    losses = _losses(output)
+    assert all(torch.isfinite(torch.tensor(losses))), losses
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2, losses
+    saved = load_file(str(output / "model.safetensors"))
+    assert {tensor.dtype for tensor in saved.values()} == {torch.float32}

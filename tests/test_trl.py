@@ -248,3 +248,18 @@ def test_moe_balance_loss_is_added_to_trl_loss(work, tmp_path):
         trl_loss = _trl_loss(trainer, batch)
     assert own.aux_loss is not None and float(own.aux_loss) > 0
     torch.testing.assert_close(trl_loss, own.loss, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_bf16_autocast_trains(work, tmp_path, lora):
+    """--bf16 on CPU: autocast over fp32 master weights through TRL's fused LM-head loss, full and LoRA."""
+    script = work["script"]
+    extra = ["--lora"] if lora else []
+    args = _args(work, tmp_path / "out", "--max-steps", "6", "--lr", "3e-3", "--bf16", *extra)
+    trainer, _ = script.build_trainer(args)
+    assert trainer.args.bf16
+    result = trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert result.global_step == 6 and all(torch.isfinite(torch.tensor(losses))), losses
+    assert losses[-1] < losses[0], losses
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)
