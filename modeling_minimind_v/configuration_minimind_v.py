@@ -55,7 +55,7 @@ class MiniMindVConfig(PreTrainedConfig):
     """
 
     model_type = "minimind_v"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
     sub_configs = {"vision_config": AutoConfig}
 
     vocab_size: int = 6400

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
-from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .compat import causal_mask
 from .configuration_minimind_v import MiniMindVConfig
 
 
@@ -249,10 +249,7 @@ class MiniMindTextModel(nn.Module):
                 past_key_values: Cache | None = None, output_hidden_states: bool = False, **kwargs):
         """Returns (last_hidden_state, all_hidden_states or None, summed MoE aux loss or None)."""
         if not isinstance(attention_mask, dict):  # generate may pass a prepared mapping
-            attention_mask = create_causal_mask(
-                config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                past_key_values=past_key_values, position_ids=position_ids,
-            )
+            attention_mask = causal_mask(self.config, inputs_embeds, attention_mask, past_key_values, position_ids)
         else:
             attention_mask = attention_mask["full_attention"]
         hidden_states = inputs_embeds

@@ -17,6 +17,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from .compat import cache_field, output_cache, pop_cache
 from .configuration_minimind_v import MiniMindVConfig
 from .fast_generate import fast_generate, fast_generate_settings
 from .language_model import MiniMindRotary, MiniMindTextModel
@@ -54,7 +55,7 @@ class MiniMindVPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _no_split_modules = ["MiniMindDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -205,6 +206,7 @@ class MiniMindVModel(MiniMindVPreTrainedModel):
     ) -> MiniMindVModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        past_key_values = pop_cache(past_key_values, kwargs)
         for key in ("return_dict", "output_attentions"):  # accepted for API compatibility (PEFT passes them)
             kwargs.pop(key, None)
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
@@ -238,7 +240,7 @@ class MiniMindVModel(MiniMindVPreTrainedModel):
         )
         return MiniMindVModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
+            **cache_field(past_key_values if use_cache else None),
             hidden_states=all_hidden,
             aux_loss=aux_loss,
             image_hidden_states=image_features,
@@ -304,7 +306,7 @@ class MiniMindVForConditionalGeneration(MiniMindVPreTrainedModel, GenerationMixi
     ) -> MiniMindVCausalLMOutputWithPast:
         outputs = self.model(
             input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
-            position_ids=position_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+            position_ids=position_ids, past_key_values=pop_cache(past_key_values, kwargs), inputs_embeds=inputs_embeds,
             use_cache=use_cache, **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -324,7 +326,7 @@ class MiniMindVForConditionalGeneration(MiniMindVPreTrainedModel, GenerationMixi
         return MiniMindVCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **cache_field(output_cache(outputs)),
             hidden_states=outputs.hidden_states,
             aux_loss=outputs.aux_loss,
             image_hidden_states=outputs.image_hidden_states,

@@ -37,7 +37,7 @@ from transformers import (
 
 from modeling_minimind_v import MiniMindVConfig, MiniMindVForConditionalGeneration
 
-from .processing_minimind_v import DEFAULT_CHAT_TEMPLATE, MiniMindVProcessor
+from modeling_minimind_v.processing_minimind_v import DEFAULT_CHAT_TEMPLATE, MiniMindVProcessor
 from .processor_builder import build_image_processor
 from .tokenizer import IMAGE_TOKEN, ensure_vlm_special_tokens
 

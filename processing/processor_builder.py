@@ -11,7 +11,7 @@ import os
 from transformers import AutoTokenizer, CLIPImageProcessorPil, SiglipImageProcessorPil
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from .processing_minimind_v import MiniMindVProcessor
+from modeling_minimind_v.processing_minimind_v import MiniMindVProcessor
 
 CLIP_MODEL_TYPES = ("clip", "clip_vision_model")
 SIGLIP_MODEL_TYPES = ("siglip", "siglip_vision_model")

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from modeling_minimind_v import MiniMindVConfig, MiniMindVForConditionalGeneration
 from processing.data import EpochSampler, VLMCollator, VLMDataset
-from processing.processing_minimind_v import MiniMindVProcessor
+from modeling_minimind_v.processing_minimind_v import MiniMindVProcessor
 from processing.processor_builder import build_processor
 from processing.tokenizer import load_default_tokenizer
 from processing.training import (

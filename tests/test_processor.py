@@ -16,7 +16,7 @@ from helpers_processor import (
     siglip_vision_config,
     solid_image,
 )
-from processing.processing_minimind_v import DEFAULT_CHAT_TEMPLATE, MiniMindVProcessor
+from modeling_minimind_v.processing_minimind_v import DEFAULT_CHAT_TEMPLATE, MiniMindVProcessor
 from processing.processor_builder import build_image_processor, build_processor
 
 SEQ = 5  # image_seq_length of the small processor

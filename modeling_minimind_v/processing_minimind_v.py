@@ -21,12 +21,7 @@ from transformers import BatchFeature, ProcessorMixin
 from transformers.image_utils import load_image
 from transformers.utils import is_numpy_array
 
-try:
-    # Control tokens that apply_chat_template(sanitize_control_tokens=True) marked as user text (5.2x+) are not
-    # placeholders; transformers drops them from its own count the same way.
-    from transformers.processing_utils import _MARKED_RE
-except ImportError:  # older transformers have no control-token sanitising
-    _MARKED_RE = None
+from .compat import strip_marked_control_tokens
 
 DEFAULT_CHAT_TEMPLATE = (
     # ChatML. Content is a string or a list of items; every image item renders as ONE placeholder (the processor
@@ -172,8 +167,9 @@ class MiniMindVProcessor(ProcessorMixin):
             raise ValueError("MiniMindVProcessor handles images and text only (no videos or audio).")
         texts = self._check_text(text)
         counted = texts
-        if kwargs.get("sanitize_control_tokens") and _MARKED_RE is not None:
-            counted = [_MARKED_RE.sub("", sample) for sample in texts]
+        if kwargs.get("sanitize_control_tokens"):
+            # Control tokens marked as user text are not placeholders (transformers drops them from its count too).
+            counted = [strip_marked_control_tokens(sample) for sample in texts]
         counts = [sample.count(self.image_token) for sample in counted]
         per_sample = self._assign_images(images, counts)
         flat_images = [image for sample_images in per_sample for image in sample_images]
