@@ -1,5 +1,6 @@
 """The README.md model card written next to a saved MiniMind-V checkpoint (and uploaded by `push_to_hub`)."""
 
+from .compat import TRANSFORMERS_RANGE
 from .configuration_minimind_v import MiniMindVConfig
 
 CARD_TEMPLATE = """---
@@ -18,7 +19,8 @@ A small vision-language model: a frozen {vision_type} vision tower ({image_size}
 {heads} attention heads / {kv_heads} KV heads{moe}). Each image becomes {seq_len} tokens in the prompt.
 Decoder parameters: {decoder_params}; total parameters: {total_params}.
 
-The modeling code ships with the checkpoint, so load it with `trust_remote_code=True`:
+The modeling code ships with the checkpoint, so load it with `trust_remote_code=True` (it needs
+`transformers{transformers_range}` and PyTorch):
 
 ```python
 from PIL import Image
@@ -58,5 +60,5 @@ def render_model_card(config: MiniMindVConfig, decoder_params: int, total_params
         projector_type=config.projector_type, layers=config.num_hidden_layers, hidden=config.hidden_size,
         heads=config.num_attention_heads, kv_heads=config.num_key_value_heads, moe=moe,
         seq_len=config.image_seq_length, decoder_params=_millions(decoder_params),
-        total_params=_millions(total_params), repo=repo,
+        total_params=_millions(total_params), repo=repo, transformers_range=TRANSFORMERS_RANGE,
     )

@@ -50,6 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-accuracy", type=float, default=0.9,
+                   help="exit with status 1 when held-out exact match is below this (0 disables the check)")
     return p.parse_args(argv)
 
 
@@ -153,10 +155,20 @@ def main(argv=None):
     summary = {"accuracy": metrics["overall"], "per_type": metrics["per_type"], "n_eval": metrics["n"],
                "new_image": new_image, "timings": {k: round(v, 1) for k, v in timings.items()},
                "model_dir": str(model_dir), "loss_curve": str(out / "loss_curve.png")}
+    summary["passed"] = metrics["overall"] is not None and metrics["overall"] >= args.min_accuracy
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
+    print(accuracy_line(metrics, args.min_accuracy, timings["total_s"]))  # the result, always the last line
     return summary
 
 
+def accuracy_line(metrics: dict, threshold: float, seconds: float) -> str:
+    per_type = ", ".join(f"{name} {value:.0%}" for name, value in metrics["per_type"].items())
+    overall = metrics["overall"] if metrics["overall"] is not None else 0.0
+    verdict = "PASS" if overall >= threshold else "FAIL"
+    return (f"held-out exact match: {overall:.1%} ({per_type}; {metrics['n']} questions) in {seconds / 60:.1f} min "
+            f"-- {verdict} (threshold {threshold:.0%})")
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(0 if main()["passed"] else 1)

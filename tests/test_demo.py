@@ -5,6 +5,8 @@ Run: `python -m pytest tests/test_demo.py -q`.
 """
 
 import json
+import subprocess
+import sys
 
 from conftest import REPO_ROOT
 
@@ -17,7 +19,7 @@ def test_demo_runs_end_to_end_at_toy_size(tmp_path, monkeypatch):
     spec.loader.exec_module(demo)
     out = tmp_path / "demo"
     summary = demo.main(["--output", str(out), "--train-images", "48", "--eval-images", "16", "--steps", "6",
-                         "--batch-size", "8"])
+                         "--batch-size", "8", "--min-accuracy", "0"])
     assert set(summary["per_type"]) == {"color", "shape", "position", "count"}
     assert summary["n_eval"] == 16 and 0.0 <= summary["accuracy"] <= 1.0
     assert isinstance(summary["new_image"]["answer"], str) and summary["new_image"]["expected"]
@@ -26,3 +28,17 @@ def test_demo_runs_end_to_end_at_toy_size(tmp_path, monkeypatch):
     assert (out / "loss_curve.png").stat().st_size > 10_000
     assert (out / "tokenizer" / "tokenizer.json").exists()
     assert json.loads((out / "demo_summary.json").read_text())["accuracy"] == summary["accuracy"]
+    assert summary["passed"]
+
+
+def test_demo_fails_below_its_threshold(tmp_path):
+    """The CLI exits non-zero when held-out accuracy misses --min-accuracy, and says so on its last line."""
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "demo.py"), "--output", str(out), "--train-images", "24",
+         "--eval-images", "8", "--steps", "2", "--batch-size", "8", "--min-accuracy", "1.01"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("held-out exact match:") and "FAIL" in last, last
