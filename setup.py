@@ -7,8 +7,10 @@ setup(
     version="0.1.0",
     description="A small Hugging Face Hub-native vision-language model (CLIP/SigLIP tower + MiniMind/Qwen3 decoder)",
     python_requires=">=3.10",
-    packages=["modeling_minimind_v", "processing"],
-    package_data={"processing": ["tokenizer/*.json"]},
+    packages=["modeling_minimind_v", "processing", "minimind_v_configs"],
+    # The presets live in the repository's top-level configs/ and are installed as a package of their own.
+    package_dir={"minimind_v_configs": "configs"},
+    package_data={"processing": ["tokenizer/*.json"], "minimind_v_configs": ["*.json", "accelerate/*.yaml"]},
     install_requires=[
         "torch>=2.4,<2.15",
         "transformers>=5.17,<6",

@@ -9,6 +9,7 @@ only transformers and the standard library.
 import inspect
 import re
 
+from transformers import GenerationMixin
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
@@ -19,6 +20,8 @@ TRANSFORMERS_RANGE = ">=5.17,<6"
 # the field of the output classes, and the argument of create_causal_mask. Older releases use `past_key_values`.
 CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 _MASK_CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+_PREPARE_CACHE_ARG = ("cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+                      else "past_key_values")
 CACHE_NAMES = ("past_key_values", "cache")
 
 
@@ -38,6 +41,12 @@ def cache_field(cache) -> dict:
 def output_cache(output):
     """The cache held by a transformers output (either field name)."""
     return output.get(CACHE_FIELD) if hasattr(output, "get") else getattr(output, CACHE_FIELD, None)
+
+
+def prepare_cache_arg(cache) -> dict:
+    """Keyword argument that hands `cache` to `GenerationMixin.prepare_inputs_for_generation` of the installed
+    release."""
+    return {_PREPARE_CACHE_ARG: cache}
 
 
 def causal_mask(config, inputs_embeds, attention_mask, cache, position_ids):
@@ -74,5 +83,5 @@ def strip_marked_control_tokens(text: str) -> str:
 
 __all__ = [
     "CACHE_FIELD", "CACHE_NAMES", "MARKED_CONTROL_TOKEN_RE", "TRANSFORMERS_RANGE", "cache_field", "causal_mask",
-    "output_cache", "pop_cache", "strip_marked_control_tokens",
+    "output_cache", "pop_cache", "prepare_cache_arg", "strip_marked_control_tokens",
 ]

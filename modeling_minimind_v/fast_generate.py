@@ -1,13 +1,21 @@
-"""Fast decoding for `generate(..., cache_implementation="static")`: a preallocated KV cache and a decode step that
-is compiled and captured once as a CUDA graph, so each new token costs one graph replay instead of a Python pass
-through `generate`'s machinery. Used only for plain greedy / sampled decoding of the dense model; every other
-`generate` call goes through transformers unchanged. On CPU the same loop runs eagerly (tests check it against
-transformers' generate token for token). Remote code: torch only.
+"""Fast decoding for `generate(..., cache_implementation="static")`: a preallocated KV cache (transformers'
+`StaticCache`) and a decode step that is compiled and captured once as a CUDA graph, so each new token costs one
+graph replay instead of a Python pass through `generate`'s machinery.
+
+The step runs the model's own modules (`MiniMindModel.forward`, with the q/k/v and gate/up matmuls fused by the
+modules themselves, see `fuse_projections`), only the token choice is local. Used for plain greedy / sampled decoding
+of the dense model; every other `generate` call goes through transformers unchanged. On CPU the same loop runs
+eagerly (tests check it against transformers' generate token for token). Remote code: torch and transformers only.
 """
 
-import torch
+import logging
 
-from .language_model import apply_rotary_pos_emb, eager_attention_forward
+import torch
+from transformers.cache_utils import StaticCache
+
+from .attention import eager_attention_forward
+
+logger = logging.getLogger(__name__)
 
 # `generate` arguments this path understands; anything else falls back to transformers.
 FAST_KWARGS = {
@@ -17,36 +25,30 @@ FAST_KWARGS = {
 EOS_CHECK_EVERY = 16  # steps between host checks for "every row has finished"
 
 
-class StaticKVCache:
-    """Per-layer [batch, kv_heads, max_length, head_dim] buffers written at a device-side position counter."""
+class MiniMindStaticCache(StaticCache):
+    """transformers' `StaticCache`, plus the next write position as a device tensor (for masks built inside a CUDA
+    graph) and a cheap rewind between requests (slots beyond the position are masked, so they need no zeroing)."""
 
-    is_compileable = True
+    def position(self) -> torch.Tensor:
+        return self.layers[0].cumulative_length
 
-    def __init__(self, config, batch_size: int, max_length: int, device, dtype):
-        shape = (batch_size, config.num_key_value_heads, max_length, config.head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.length = torch.zeros((), dtype=torch.long, device=device)  # next write index
+    def lengths(self) -> list[torch.Tensor]:
+        return [layer.cumulative_length for layer in self.layers]
 
-    def update(self, key, value, layer_idx, *args, **kwargs):
-        index = self.length + torch.arange(key.shape[2], device=key.device)
-        self.keys[layer_idx].index_copy_(2, index, key)
-        self.values[layer_idx].index_copy_(2, index, value)
-        return self.keys[layer_idx], self.values[layer_idx]
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return int(self.length)
+    def rewind(self):
+        for length in self.lengths():
+            length.zero_()
 
 
 class FastDecoder:
     """Static buffers + one decode step for a fixed (batch, max_length, sampling) setting; reused across calls."""
 
     def __init__(self, model, batch_size: int, max_length: int, sampling: tuple):
-        config = model.config
         device, dtype = model.device, model.dtype
         self.model, self.max_length = model, max_length
+        self.language_model = model.model.language_model
         self.do_sample, self.temperature, self.top_k, self.top_p = sampling
-        self.cache = StaticKVCache(config, batch_size, max_length, device, dtype)
+        self.cache = MiniMindStaticCache(config=model.config.get_text_config(), max_cache_len=max_length)
         self.tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.positions = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.valid = torch.ones(batch_size, max_length, dtype=torch.bool, device=device)  # False: prompt padding
@@ -57,36 +59,22 @@ class FastDecoder:
         self.eos = torch.full((8,), -1, dtype=torch.long, device=device)
         self.key_positions = torch.arange(max_length, device=device)
         self.next_token = torch.zeros(batch_size, dtype=torch.long, device=device)
-        # At batch 1 a decode step is ~7 small matmuls per layer, each latency-bound: run q/k/v and gate/up as one
-        # matmul each, from concatenated copies of the weights (refreshed at every request, so never stale).
-        self.layers = model.model.language_model.layers
-        self.fused_qkv = [torch.cat(self._qkv_weights(layer)) for layer in self.layers]
-        self.fused_gate_up = [torch.cat(self._gate_up_weights(layer)) for layer in self.layers]
+        self.dtype = dtype
+        # At batch 1 a decode step is ~7 small matmuls per layer, each latency-bound: the attention and MLP modules
+        # run q/k/v and gate/up as one matmul each from concatenated weights (refreshed at every request).
+        self.language_model.fuse_projections()
         self.graph = None
         self.step_fn = self._step
-        if device.type == "cuda":
-            self._capture()
-
-    @staticmethod
-    def _qkv_weights(layer):
-        attn = layer.self_attn
-        return attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight
-
-    @staticmethod
-    def _gate_up_weights(layer):
-        return layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight
-
-    def _refresh_fused_weights(self):
-        for layer, qkv, gate_up in zip(self.layers, self.fused_qkv, self.fused_gate_up):
-            torch.cat(self._qkv_weights(layer), out=qkv)
-            torch.cat(self._gate_up_weights(layer), out=gate_up)
+        self.captured = device.type == "cuda"
+        logger.info("fast static-cache decoding: batch %d, max length %d, %s", batch_size, max_length,
+                    "compiled CUDA graph" if self.captured else "eager")
 
     # -------------------------------------------------------------------------------------------- one step
     def _mask(self, query_positions: torch.Tensor) -> torch.Tensor:
         """Additive [b, 1, q, L] mask: a query sees written, non-padding keys at or before its cache slot."""
         allowed = (self.key_positions[None, None, :] <= query_positions[:, :, None]) & self.valid[:, None, :]
-        mask = torch.zeros(allowed.shape, dtype=self.model.dtype, device=allowed.device)
-        return mask.masked_fill(~allowed, torch.finfo(self.model.dtype).min)[:, None]
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device)
+        return mask.masked_fill(~allowed, torch.finfo(self.dtype).min)[:, None]
 
     def _select(self, logits: torch.Tensor) -> torch.Tensor:
         """Next token from fp32 logits [b, V]: EOS held back before min_new_tokens, then greedy or sampled."""
@@ -114,38 +102,21 @@ class FastDecoder:
         self.step_index += 1
         return token
 
-    def _layer(self, index, hidden, position_embeddings, mask):
-        """MiniMindDecoderLayer.forward for one new token, with the fused q/k/v and gate/up matmuls."""
-        layer = self.layers[index]
-        attn, mlp = layer.self_attn, layer.mlp
-        batch = hidden.shape[0]
-        x = layer.input_layernorm(hidden)
-        q, k, v = (x @ self.fused_qkv[index].T).split(
-            [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features], dim=-1)
-        q = attn.q_norm(q.view(batch, 1, -1, attn.head_dim)).transpose(1, 2)  # [b, heads, 1, d]
-        k = attn.k_norm(k.view(batch, 1, -1, attn.head_dim)).transpose(1, 2)
-        v = v.view(batch, 1, -1, attn.head_dim).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
-        k, v = self.cache.update(k, v, index)
-        out, _ = eager_attention_forward(attn, q, k, v, mask, scaling=attn.scaling)
-        hidden = hidden + attn.o_proj(out.reshape(batch, 1, -1))
-        gate, up = (layer.post_attention_layernorm(hidden) @ self.fused_gate_up[index].T).chunk(2, dim=-1)
-        return hidden + mlp.down_proj(mlp.act_fn(gate) * up)
-
     def _step(self):
-        model = self.model
-        language_model = model.model.language_model
-        hidden = model.get_input_embeddings()(self.tokens)  # [b, 1, h]
-        mask = self._mask(self.cache.length.expand(self.tokens.shape[0])[:, None])
-        position_embeddings = language_model.rotary_emb(hidden, self.positions)
-        for index in range(len(self.layers)):
-            hidden = self._layer(index, hidden, position_embeddings, mask)
-        hidden = language_model.norm(hidden)
-        token = self._select(model.lm_head(hidden[:, -1]).float())
+        """One new token per row: the decoder's own forward on the last token, then the token choice."""
+        hidden = self.language_model.embed_tokens(self.tokens)  # [b, 1, h]
+        mask = self._mask(self.cache.position().expand(self.tokens.shape[0])[:, None])
+        out = self.language_model(
+            inputs_embeds=hidden, attention_mask={"full_attention": mask}, position_ids=self.positions,
+            past_key_values=self.cache, use_cache=True, output_attentions=False, output_hidden_states=False,
+            output_router_logits=False, return_dict=True, fused_projections=True,
+            # GQA without repeat_kv copies: the cheapest kernel for one query token over a static cache.
+            attention_interface=eager_attention_forward,
+        )
+        token = self._select(self.model.lm_head(out.last_hidden_state[:, -1]).float())
         self.next_token.copy_(token)
         self.tokens.copy_(token[:, None])
         self.positions += 1
-        self.cache.length += 1
 
     def _capture(self):
         try:
@@ -164,11 +135,14 @@ class FastDecoder:
             self.step_fn()
         self._restore(saved)
 
+    def _state(self) -> list[torch.Tensor]:
+        return [self.tokens, self.positions, self.finished, self.step_index, *self.cache.lengths()]
+
     def _snapshot(self):
-        return [t.clone() for t in (self.tokens, self.positions, self.finished, self.step_index, self.cache.length)]
+        return [t.clone() for t in self._state()]
 
     def _restore(self, saved):
-        for dst, src in zip((self.tokens, self.positions, self.finished, self.step_index, self.cache.length), saved):
+        for dst, src in zip(self._state(), saved):
             dst.copy_(src)
 
     # -------------------------------------------------------------------------------------------- a request
@@ -176,7 +150,7 @@ class FastDecoder:
     def generate(self, input_ids, attention_mask, pixel_values, max_new_tokens, min_new_tokens, eos_ids, pad_id):
         model = self.model
         batch, prompt_len = input_ids.shape
-        self._refresh_fused_weights()
+        self.language_model.fuse_projections()  # in place: the captured graph keeps reading the same buffers
         self.valid.fill_(True)
         self.valid[:, :prompt_len] = attention_mask.bool()
         self.finished.zero_()
@@ -185,16 +159,17 @@ class FastDecoder:
         self.pad.fill_(pad_id)
         self.eos.fill_(-1)
         self.eos[: len(eos_ids)] = torch.tensor(eos_ids, dtype=torch.long)
-        self.cache.length.zero_()
+        self.cache.rewind()
 
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         prompt_mask = self._mask(torch.arange(prompt_len, device=input_ids.device).expand(batch, -1))
         out = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask={"full_attention": prompt_mask},
                     position_ids=positions, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-        self.cache.length.fill_(prompt_len)
         first = self._select(out.logits[:, -1].float())
         self.tokens.copy_(first[:, None])
         self.positions.copy_(positions[:, -1:] + 1)
+        if self.captured and self.graph is None:
+            self._capture()  # after the first prefill: the cache's buffers exist and keep their addresses
 
         generated = [first.clone()]
         for step in range(1, max_new_tokens):
@@ -220,7 +195,8 @@ def fast_generate_settings(model, kwargs: dict) -> dict | None:
     config = model.generation_config
     if kwargs.get("cache_implementation", config.cache_implementation) != "static":
         return None
-    if set(kwargs) - FAST_KWARGS or model.config.use_moe or model.config.attention_bias or model.training:
+    text = model.config.get_text_config()
+    if set(kwargs) - FAST_KWARGS or text.num_experts > 0 or text.attention_bias or model.training:
         return None
     if kwargs.get("use_cache") is False:
         return None

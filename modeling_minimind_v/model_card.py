@@ -50,15 +50,15 @@ def _millions(n: int) -> str:
 
 
 def render_model_card(config: MiniMindVConfig, decoder_params: int, total_params: int, repo: str) -> str:
+    text, vision = config.text_config, config.vision_config
     moe = ""
-    if config.use_moe:
-        moe = (f", MoE with {config.n_routed_experts} routed experts (top-{config.num_experts_per_tok}) and "
-               f"{config.n_shared_experts} shared")
-    vision = config.vision_config
+    if text.num_experts > 0:
+        moe = (f", MoE with {text.num_experts} routed experts (top-{text.num_experts_per_tok}) and "
+               f"{text.n_shared_experts} shared")
     return CARD_TEMPLATE.format(
         vision_type=vision.model_type, image_size=vision.image_size, patch_size=vision.patch_size,
-        projector_type=config.projector_type, layers=config.num_hidden_layers, hidden=config.hidden_size,
-        heads=config.num_attention_heads, kv_heads=config.num_key_value_heads, moe=moe,
+        projector_type=config.projector_type, layers=text.num_hidden_layers, hidden=text.hidden_size,
+        heads=text.num_attention_heads, kv_heads=text.num_key_value_heads, moe=moe,
         seq_len=config.image_seq_length, decoder_params=_millions(decoder_params),
         total_params=_millions(total_params), repo=repo, transformers_range=TRANSFORMERS_RANGE,
     )

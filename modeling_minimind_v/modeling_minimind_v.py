@@ -1,9 +1,11 @@
 """MiniMind-V: vision tower -> projector -> placeholder merge -> MiniMind decoder, as transformers models.
 
 `MiniMindVModel` (AutoModel) embeds the prompt, replaces each image placeholder embedding with one projected image
-feature and runs the decoder; it returns hidden states, so trainers that call the inner model (TRL's fused LM head)
-still see the images. `MiniMindVForConditionalGeneration` (AutoModelForImageTextToText / AutoModelForCausalLM) adds
-the LM head, the loss and `generate`. Remote code: imports only torch, transformers and files of this folder.
+feature (LLaVA's get_image_features -> placeholder mask -> masked_scatter) and runs its `language_model`, a
+`MiniMindModel`, on `inputs_embeds`; it returns hidden states, so trainers that call the inner model (TRL's fused LM
+head) and serving engines (vLLM's Transformers backend) see the images. `MiniMindVForConditionalGeneration`
+(AutoModelForImageTextToText / AutoModelForCausalLM) adds the LM head, the loss and `generate`. Remote code: imports
+only torch, transformers and files of this folder.
 """
 
 import os
@@ -14,37 +16,36 @@ import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from .compat import cache_field, output_cache, pop_cache
+from .attention import MiniMindRotaryEmbedding
+from .compat import cache_field, output_cache, pop_cache, prepare_cache_arg
 from .configuration_minimind_v import MiniMindVConfig
 from .fast_generate import fast_generate, fast_generate_settings
-from .language_model import MiniMindRotary, MiniMindTextModel
-from .loss import chunked_causal_lm_loss
 from .model_card import render_model_card
+from .modeling_minimind import (
+    MiniMindCausalLMOutputWithPast, MiniMindModel, MiniMindModelOutputWithPast, _flag, lm_head_outputs,
+)
 from .projector import MiniMindVResampler, build_projector
+from .vision import patch_features
 
 
 @dataclass
-class MiniMindVModelOutputWithPast(BaseModelOutputWithPast):
-    """Decoder output plus the MoE balance loss and the projected image features of this forward."""
+class MiniMindVModelOutputWithPast(MiniMindModelOutputWithPast):
+    """Decoder output plus this forward's images: `image_hidden_states`, the projected features
+    [n_images, image_seq_length, hidden], and `image_outputs`, the vision tower's output (see get_image_features)."""
 
-    aux_loss: torch.FloatTensor | None = None
     image_hidden_states: torch.FloatTensor | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
 
 
 @dataclass
-class MiniMindVCausalLMOutputWithPast(CausalLMOutputWithPast):
-    """`loss` already includes `aux_loss` (the MoE balance loss) when labels are given."""
+class MiniMindVCausalLMOutputWithPast(MiniMindCausalLMOutputWithPast):
+    """`loss` already includes `aux_loss` (the weighted MoE balance loss) when both are computed."""
 
-    aux_loss: torch.FloatTensor | None = None
     image_hidden_states: torch.FloatTensor | None = None
-
-
-@torch.compiler.disable  # a data-dependent check; runs eagerly even inside a compiled forward
-def _is_all_ones(mask: torch.Tensor) -> bool:
-    return bool(mask.all())
+    image_outputs: BaseModelOutputWithPooling | None = None
 
 
 class MiniMindVPreTrainedModel(PreTrainedModel):
@@ -64,7 +65,7 @@ class MiniMindVPreTrainedModel(PreTrainedModel):
     @property
     def _can_compile_fullgraph(self) -> bool:
         # MoE dispatch reads expert sizes on the host; the dense model compiles without graph breaks.
-        return not self.config.use_moe
+        return self.config.text_config.num_experts == 0
 
     # Written into config.json on save, so every Auto class loads this checkpoint, whichever class was saved.
     _auto_map = {
@@ -105,19 +106,18 @@ class MiniMindVPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         # Loading materialises fresh parameters (requires_grad=True): re-apply the configured vision freeze.
-        model = super().from_pretrained(*args, **kwargs)
-        vision_tower = model.get_submodule(f"{cls.base_model_prefix}.vision_tower" if hasattr(model, "model")
-                                           else "vision_tower")
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading info) with output_loading_info
         if model.config.freeze_vision_tower:
-            vision_tower.requires_grad_(False)
-        return model
+            model.get_vision_tower().requires_grad_(False)
+        return loaded
 
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, MiniMindRotary):
+        if isinstance(module, MiniMindRotaryEmbedding):
             init.copy_(module.inv_freq, module.compute_inv_freq())
         elif isinstance(module, MiniMindVResampler):
-            init.normal_(module.queries, mean=0.0, std=self.config.initializer_range)
+            init.normal_(module.queries, mean=0.0, std=self.config.text_config.initializer_range)
 
 
 class MiniMindVModel(MiniMindVPreTrainedModel):
@@ -125,10 +125,13 @@ class MiniMindVModel(MiniMindVPreTrainedModel):
         super().__init__(config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = build_projector(config)
-        self.language_model = MiniMindTextModel(config)
+        self.language_model = MiniMindModel(config.text_config)
         if config.freeze_vision_tower:
             self.vision_tower.requires_grad_(False)
         self.post_init()
+
+    def get_vision_tower(self):
+        return self.vision_tower
 
     def get_input_embeddings(self):
         return self.language_model.embed_tokens
@@ -145,19 +148,28 @@ class MiniMindVModel(MiniMindVPreTrainedModel):
                 f"(channels, height, width of the vision tower), got {list(pixel_values.shape)}"
             )
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[n_images, C, H, W] -> projected features [n_images, image_seq_length, hidden]."""
+    def get_image_features(self, pixel_values: torch.Tensor, return_dict: bool | None = None,
+                           output_hidden_states: bool | None = None, output_attentions: bool | None = None,
+                           **kwargs):
+        """Images [n, C, H, W] -> the vision tower's output with `pooler_output` = the projected features
+        [n, image_seq_length, hidden] (one entry per image), as a `BaseModelOutputWithPooling`, or a tuple with
+        `return_dict=False`."""
         self._check_pixel_values(pixel_values)
         pixel_values = pixel_values.to(dtype=self.vision_tower.dtype)
         # A frozen tower needs no graph: run it without autograd to save activation memory.
         track_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.vision_tower.parameters())
-        layer = self.config.vision_feature_layer
         with torch.set_grad_enabled(track_grad):
-            out = self.vision_tower(pixel_values=pixel_values, output_hidden_states=layer != -1)
-            features = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
-        # Drop leading non-patch tokens (CLIP's class token); SigLIP has none.
-        features = features[:, features.shape[1] - self.config.num_patches:]  # [n, patches, vision_hidden]
-        return self.multi_modal_projector(features)
+            features, tower_out = patch_features(
+                self.vision_tower, pixel_values, self.config.vision_feature_layer, self.config.num_patches,
+                output_hidden_states=bool(output_hidden_states), output_attentions=bool(output_attentions),
+            )
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=tower_out.last_hidden_state,
+            pooler_output=self.multi_modal_projector(features),  # [n, image_seq_length, hidden]
+            hidden_states=tower_out.hidden_states if output_hidden_states else None,
+            attentions=tower_out.attentions if output_attentions else None,
+        )
+        return output if _flag(return_dict, self.config, "return_dict") else output.to_tuple()
 
     def get_placeholder_mask(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """Boolean [b, s] mask of image placeholder positions."""
@@ -167,6 +179,14 @@ class MiniMindVModel(MiniMindVPreTrainedModel):
             torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
         )
         return (inputs_embeds == image_embed).all(-1)
+
+    @staticmethod
+    def _images_already_cached(placeholder_mask, past_key_values) -> bool:
+        """A continuation step (the cache holds earlier tokens) whose new tokens hold no image placeholder: the
+        images were merged when their placeholders were first processed, so `pixel_values` has nothing to fill."""
+        if torch.compiler.is_compiling() or past_key_values is None:
+            return False
+        return int(past_key_values.get_seq_length()) > 0 and not bool(placeholder_mask.any())
 
     def merge_image_features(self, inputs_embeds, placeholder_mask, image_features) -> torch.Tensor:
         """Write image features, in order, into the placeholder positions (one vectorised masked_scatter)."""
@@ -182,16 +202,6 @@ class MiniMindVModel(MiniMindVPreTrainedModel):
         mask = placeholder_mask.unsqueeze(-1).expand_as(inputs_embeds)
         return inputs_embeds.masked_scatter(mask, image_features.to(inputs_embeds.dtype))
 
-    @staticmethod
-    def _positions(attention_mask, inputs_embeds, past_key_values) -> torch.Tensor:
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
-        seq_len = inputs_embeds.shape[1]
-        if attention_mask is not None and attention_mask.ndim == 2:
-            # Count only real tokens, so left-padded rows start at position 0 like unpadded ones.
-            positions = attention_mask.long().cumsum(-1) - 1
-            return positions.clamp(min=0)[:, -seq_len:]
-        return (torch.arange(seq_len, device=inputs_embeds.device) + past).unsqueeze(0)
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -201,24 +211,29 @@ class MiniMindVModel(MiniMindVPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> MiniMindVModelOutputWithPast:
+    ) -> MiniMindVModelOutputWithPast | tuple:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         past_key_values = pop_cache(past_key_values, kwargs)
-        for key in ("return_dict", "output_attentions"):  # accepted for API compatibility (PEFT passes them)
-            kwargs.pop(key, None)
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        output_hidden_states = bool(output_hidden_states)
+        output_attentions = _flag(output_attentions, self.config, "output_attentions")
+        output_hidden_states = _flag(output_hidden_states, self.config, "output_hidden_states")
+        return_dict = _flag(return_dict, self.config, "return_dict")
         if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
+            inputs_embeds = self.get_input_embeddings()(self.language_model._checked_ids(input_ids))
 
-        image_features = None
+        image_outputs = None
         placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
+        if pixel_values is not None and self._images_already_cached(placeholder_mask, past_key_values):
+            pixel_values = None
         if pixel_values is not None:
-            image_features = self.get_image_features(pixel_values)
-            inputs_embeds = self.merge_image_features(inputs_embeds, placeholder_mask, image_features)
+            image_outputs = self.get_image_features(pixel_values, return_dict=True,
+                                                    output_hidden_states=output_hidden_states is not False,
+                                                    output_attentions=output_attentions)
+            inputs_embeds = self.merge_image_features(inputs_embeds, placeholder_mask, image_outputs.pooler_output)
         elif not torch.compiler.is_compiling() and (past_key_values is None or past_key_values.get_seq_length() == 0):
             if bool(placeholder_mask.any()):
                 raise ValueError(
@@ -226,34 +241,31 @@ class MiniMindVModel(MiniMindVPreTrainedModel):
                     "but no pixel_values were given"
                 )
 
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        if position_ids is None:
-            position_ids = self._positions(attention_mask, inputs_embeds, past_key_values)
-        if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2 and _is_all_ones(attention_mask):
-            # Nothing is padded: a pure causal mask lets sdpa pick its flash kernel instead of a masked one.
-            attention_mask = None
-
-        hidden_states, all_hidden, aux_loss = self.language_model(
-            inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, output_hidden_states=output_hidden_states, **kwargs,
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, use_cache=use_cache, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
         )
-        return MiniMindVModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            **cache_field(past_key_values if use_cache else None),
-            hidden_states=all_hidden,
-            aux_loss=aux_loss,
-            image_hidden_states=image_features,
+        output = MiniMindVModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            **cache_field(output_cache(outputs)),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            router_logits=outputs.router_logits,
+            image_hidden_states=image_outputs.pooler_output if image_outputs is not None else None,
+            image_outputs=image_outputs,
         )
+        return output if return_dict else output.to_tuple()
 
 
 class MiniMindVForConditionalGeneration(MiniMindVPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: MiniMindVConfig):
         super().__init__(config)
         self.model = MiniMindVModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -268,8 +280,11 @@ class MiniMindVForConditionalGeneration(MiniMindVPreTrainedModel, GenerationMixi
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model.get_image_features(pixel_values)
+    def get_vision_tower(self):
+        return self.model.vision_tower
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs):
+        return self.model.get_image_features(pixel_values, **kwargs)
 
     @property
     def vision_tower(self):
@@ -291,6 +306,26 @@ class MiniMindVForConditionalGeneration(MiniMindVPreTrainedModel, GenerationMixi
             return super().generate(*args, **kwargs)
         return fast_generate(self, settings)
 
+    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, past_key_values=None,
+                                      attention_mask=None, inputs_embeds=None, is_first_iteration=False, cache=None,
+                                      **kwargs):
+        """transformers' preparation, except that images are kept whenever the cache does not hold the prompt yet.
+
+        generate drops `pixel_values` after the first iteration, and an assistant model (assisted/speculative
+        decoding) prefills as a non-first iteration: without this its prefill would see image tokens without images.
+        The cache is accepted under both names (`generate` checks the name it uses against this signature).
+        """
+        cache = pop_cache(past_key_values, {"cache": cache})
+        inputs = super().prepare_inputs_for_generation(
+            input_ids, next_sequence_length=next_sequence_length, attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **prepare_cache_arg(cache), **kwargs,
+        )
+        pixel_values = kwargs.get("pixel_values")
+        if pixel_values is not None and inputs.get("pixel_values") is None and \
+                (cache is None or int(cache.get_seq_length()) == 0):
+            inputs["pixel_values"] = pixel_values
+        return inputs
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -302,35 +337,31 @@ class MiniMindVForConditionalGeneration(MiniMindVPreTrainedModel, GenerationMixi
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> MiniMindVCausalLMOutputWithPast:
+    ) -> MiniMindVCausalLMOutputWithPast | tuple:
+        return_dict = _flag(return_dict, self.config, "return_dict")
         outputs = self.model(
             input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
             position_ids=position_ids, past_key_values=pop_cache(past_key_values, kwargs), inputs_embeds=inputs_embeds,
-            use_cache=use_cache, **kwargs,
+            use_cache=use_cache, return_dict=True, **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
-        loss = logits = None
-        if labels is not None and self.training and isinstance(logits_to_keep, int) and logits_to_keep == 0:
-            # Training: loss straight from hidden states at labelled positions, no full-vocabulary logits.
-            loss = chunked_causal_lm_loss(hidden_states, self.lm_head.weight, labels,
-                                          num_items_in_batch=kwargs.get("num_items_in_batch"))
-        else:
-            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-            logits = self.lm_head(hidden_states[:, keep, :])
-            if labels is not None:
-                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        if loss is not None:
-            if outputs.aux_loss is not None:
-                loss = loss + outputs.aux_loss
-        return MiniMindVCausalLMOutputWithPast(
+        logits, loss, aux_loss = lm_head_outputs(
+            self, outputs.last_hidden_state, labels, logits_to_keep, outputs.router_logits, attention_mask,
+            self.config.text_config.vocab_size, **kwargs,
+        )
+        output = MiniMindVCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             **cache_field(output_cache(outputs)),
             hidden_states=outputs.hidden_states,
-            aux_loss=outputs.aux_loss,
+            attentions=outputs.attentions,
+            aux_loss=aux_loss,
+            router_logits=outputs.router_logits,
             image_hidden_states=outputs.image_hidden_states,
+            image_outputs=outputs.image_outputs,
         )
+        return output if return_dict else output.to_tuple()
 
 
 MiniMindVConfig.register_for_auto_class()

@@ -2,30 +2,30 @@
 `cross_attention` (a resampler: a fixed set of learned queries cross-attends to the projected patch features).
 
 All take patch features [n_images, n_patches, vision_hidden] and return [n_images, image_seq_length, hidden].
-Remote code: imports only torch.
+`PROJECTORS` is the one registry of projector types: the config validates against it and everything else lists its
+keys. Remote code: imports only torch.
 """
 
 import torch
 from torch import nn
 
-from .configuration_minimind_v import MiniMindVConfig
-
 
 class MiniMindVLinearProjector(nn.Module):
-    def __init__(self, config: MiniMindVConfig):
+    def __init__(self, config):
         super().__init__()
-        self.linear_1 = nn.Linear(config.vision_config.hidden_size, config.hidden_size)
+        self.linear_1 = nn.Linear(config.vision_config.hidden_size, config.text_config.hidden_size)
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         return self.linear_1(image_features)
 
 
 class MiniMindVMLPProjector(nn.Module):
-    def __init__(self, config: MiniMindVConfig):
+    def __init__(self, config):
         super().__init__()
-        self.linear_1 = nn.Linear(config.vision_config.hidden_size, config.hidden_size)
+        hidden = config.text_config.hidden_size
+        self.linear_1 = nn.Linear(config.vision_config.hidden_size, hidden)
         self.act = nn.GELU()
-        self.linear_2 = nn.Linear(config.hidden_size, config.hidden_size)
+        self.linear_2 = nn.Linear(hidden, hidden)
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         return self.linear_2(self.act(self.linear_1(image_features)))
@@ -58,9 +58,9 @@ class MiniMindVResampler(nn.Module):
     fixing the number of image tokens independently of the vision tower's resolution.
     """
 
-    def __init__(self, config: MiniMindVConfig):
+    def __init__(self, config):
         super().__init__()
-        hidden = config.hidden_size
+        hidden = config.text_config.hidden_size
         self.input_proj = nn.Linear(config.vision_config.hidden_size, hidden)
         self.queries = nn.Parameter(torch.zeros(config.projector_num_queries, hidden))
         self.blocks = nn.ModuleList(
@@ -84,5 +84,6 @@ PROJECTORS = {
 }
 
 
-def build_projector(config: MiniMindVConfig) -> nn.Module:
+def build_projector(config) -> nn.Module:
+    """The projector of a MiniMindVConfig (its `projector_type`, validated against this registry)."""
     return PROJECTORS[config.projector_type](config)

@@ -50,13 +50,13 @@ def vision_family(model_type: str | None) -> VisionFamily:
 
 
 def patch_features(tower: nn.Module, pixel_values: torch.Tensor, feature_layer: int, num_patches: int,
-                   output_attentions: bool = False):
+                   output_hidden_states: bool = False, output_attentions: bool = False):
     """Run the tower; return (patch features [n_images, num_patches, vision_hidden], the tower's output).
 
     `feature_layer` -1 takes the last hidden state, other values index the tower's hidden states. Leading tokens
     beyond the patch grid (CLIP's class token) are dropped; SigLIP has none.
     """
-    out = tower(pixel_values=pixel_values, output_hidden_states=feature_layer != -1,
+    out = tower(pixel_values=pixel_values, output_hidden_states=output_hidden_states or feature_layer != -1,
                 output_attentions=output_attentions)
     features = out.last_hidden_state if feature_layer == -1 else out.hidden_states[feature_layer]
     return features[:, features.shape[1] - num_patches:], out  # [n, patches, vision_hidden]

@@ -40,7 +40,7 @@ def test_incremental_decoding_reads_the_cache_under_either_name(name):
         for p in model.parameters():  # wide weights: a decode step without its past gives visibly other logits
             if p.ndim >= 2:
                 p.normal_(0.0, 0.3)
-    ids = torch.randint(10, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(10, model.config.text_config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         full = model(input_ids=ids, use_cache=False).logits
         out = model(input_ids=ids[:, :8], use_cache=True)

@@ -28,7 +28,7 @@ def _loss_and_grads(model, ids, labels, autocast: bool, training: bool):
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 def test_chunked_loss_matches_full_logits_loss(autocast):
     model = tiny_model(seed=1)
-    ids, labels = _batch(model.config.vocab_size)
+    ids, labels = _batch(model.config.text_config.vocab_size)
     ref_loss, ref_grads = _loss_and_grads(model, ids, labels, autocast, training=False)
     loss, grads = _loss_and_grads(model, ids, labels, autocast, training=True)
     # fp32 weights and gradients whatever the compute dtype (fp32 master weights under autocast).
@@ -43,7 +43,7 @@ def test_chunked_loss_matches_full_logits_loss(autocast):
 
 def test_chunked_loss_scales_gradients_by_the_upstream_gradient():
     model = tiny_model(seed=2).train()
-    ids, labels = _batch(model.config.vocab_size)
+    ids, labels = _batch(model.config.text_config.vocab_size)
     _, grads = _loss_and_grads(model, ids, labels, autocast=False, training=True)
     model.zero_grad(set_to_none=True)
     (model(input_ids=ids, labels=labels).loss * 1024.0).backward()  # what a grad scaler does

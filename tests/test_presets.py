@@ -49,8 +49,8 @@ def test_dense_decoder_sizes(name, millions):
 def test_moe_preset_has_routed_and_shared_experts():
     config = MiniMindVConfig.from_preset("moe")
     layer = build_meta(config).model.language_model.layers[0].mlp
-    assert len(layer.experts) == config.n_routed_experts == 4 and len(layer.shared_experts) == 1
-    assert config.num_experts_per_tok == 2
+    assert len(layer.experts) == config.text_config.num_experts == 4 and len(layer.shared_experts) == 1
+    assert config.text_config.num_experts_per_tok == 2
 
 
 def test_clip_presets_use_vit_b16():
@@ -103,5 +103,5 @@ def test_processor_token_count_matches_model_features(name):
     assert tuple(out["pixel_values"].shape) == (1, 3, size, size)
     with torch.device("meta"):
         model = MiniMindVForConditionalGeneration(config)
-        features = model.model.get_image_features(torch.empty(1, 3, size, size, device="meta"))
+        features = model.model.get_image_features(torch.empty(1, 3, size, size, device="meta")).pooler_output
     assert features.shape[1] == config.image_seq_length

@@ -1,6 +1,8 @@
-"""Core model tests: forward/merge, loss, caches and generation, MoE, Qwen3 parity, bad input, save -> reload.
+"""MiniMind-V (modeling_minimind_v/modeling_minimind_v.py): forward and image merge, loss, caches and generation,
+bad input, save -> reload through every Auto class in a clean process.
 
-Run: `python -m pytest tests/test_model.py -q` (CPU, about a minute).
+Run: `python -m pytest tests/test_modeling_minimind_v.py -q` (CPU, about a minute). The decoder alone, MoE and
+reference-model parity are in test_modeling_minimind.py; configs in test_configuration_minimind_v.py.
 """
 
 import json
@@ -12,7 +14,8 @@ import torch.nn.functional as F
 from conftest import tiny_config, tiny_model
 from transformers.generation.streamers import BaseStreamer
 
-from modeling_minimind_v import MiniMindVConfig, MiniMindVForConditionalGeneration, MiniMindVModel
+from modeling_minimind_v import MiniMindVForConditionalGeneration, MiniMindVModel
+from modeling_minimind_v.compat import cache_field, output_cache
 
 IMG = 5  # image_token_id of the tiny preset
 N_IMG_TOK = 9  # 48 px / patch 16 -> 3 x 3 patches
@@ -195,30 +198,6 @@ def test_bad_pixel_values(shape):
         tiny_model()(input_ids=torch.tensor([prompt()]), pixel_values=torch.randn(*shape))
 
 
-@pytest.mark.parametrize(
-    "overrides, field",
-    [
-        ({"hidden_size": 60, "num_attention_heads": 7}, "num_attention_heads"),
-        ({"num_key_value_heads": 3}, "num_key_value_heads"),
-        ({"use_moe": True, "n_routed_experts": 2, "num_experts_per_tok": 3}, "num_experts_per_tok"),
-        ({"projector_type": "conv"}, "projector_type"),
-        ({"image_token_id": 5000}, "image_token_id"),
-        ({"hidden_act": "nope"}, "hidden_act"),
-        ({"image_seq_length": 10}, "image_seq_length"),
-        ({"dropout": 1.5}, "dropout"),
-        ({"vocab_size": 0}, "vocab_size"),
-    ],
-)
-def test_invalid_config_names_the_field(overrides, field):
-    with pytest.raises(ValueError, match=field):
-        tiny_config(**overrides)
-
-
-def test_unknown_preset_lists_available():
-    with pytest.raises(ValueError, match="tiny"):
-        MiniMindVConfig.from_preset("no-such-preset")
-
-
 # ----------------------------------------------------------------------------------------------- cache / generate
 
 
@@ -229,10 +208,10 @@ def test_incremental_decoding_matches_full_sequence():
     prefix = ids.shape[1] - 8
     out = model(input_ids=ids[:, :prefix], pixel_values=pixels(1), use_cache=True)
     steps = [out.logits]
-    cache = out.past_key_values
+    cache = output_cache(out)
     for t in range(prefix, ids.shape[1]):
         out = model(input_ids=ids[:, t : t + 1], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        cache = output_cache(out)
         steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
@@ -331,85 +310,6 @@ def test_chunked_loss_honours_num_items_in_batch():
     torch.testing.assert_close(summed, mean * (ids.shape[1] - 1) / 100)
 
 
-# ----------------------------------------------------------------------------------------------- MoE
-
-
-def moe_model(**overrides):
-    return tiny_model(use_moe=True, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, **overrides)
-
-
-def test_moe_routing_matches_per_token_reference():
-    moe = moe_model().model.language_model.layers[0].mlp
-    x = torch.randn(2, 7, 64)
-    out, _ = moe(x)
-    probs, weights, idx = moe.route(x.reshape(-1, 64))
-    assert probs.shape == (14, 4) and weights.shape == (14, 2) and idx.shape == (14, 2)
-    torch.testing.assert_close(weights.sum(-1), torch.ones(14))  # norm_topk_prob
-    flat = x.reshape(-1, 64)
-    reference = torch.stack([
-        sum(weights[t, j] * moe.experts[idx[t, j]](flat[t]) for j in range(2)) + moe.shared_experts[0](flat[t])
-        for t in range(14)
-    ])
-    torch.testing.assert_close(out.reshape(-1, 64), reference, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("seq_aux", [True, False])
-def test_moe_aux_loss_positive_and_differentiable(seq_aux):
-    model = moe_model(seq_aux=seq_aux).train()
-    ids = torch.tensor([prompt(), prompt(seed=5)])
-    out = model(input_ids=ids, pixel_values=pixels(2), labels=ids)
-    assert out.aux_loss is not None and out.aux_loss > 0
-    with torch.no_grad():
-        logits = model.eval()(input_ids=ids, pixel_values=pixels(2)).logits
-    model.train()
-    plain = F.cross_entropy(logits[:, :-1].reshape(-1, 1024), ids[:, 1:].reshape(-1))
-    torch.testing.assert_close(out.loss, plain + out.aux_loss)
-    out.aux_loss.backward()
-    gate = model.model.language_model.layers[0].mlp.gate.weight
-    assert gate.grad is not None and gate.grad.abs().sum() > 0
-    model.eval()
-    assert model(input_ids=ids, pixel_values=pixels(2)).aux_loss is None  # no balance loss at inference
-
-
-@pytest.mark.parametrize("use_moe", [False, True])
-def test_training_steps_reduce_loss(use_moe):
-    model = (moe_model() if use_moe else tiny_model()).train()
-    ids = torch.tensor([prompt(seed=s) for s in range(4)])
-    pv = pixels(4)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    losses = []
-    for _ in range(15):
-        loss = model(input_ids=ids, pixel_values=pv, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    assert losses[-1] < 0.6 * losses[0], losses
-
-
-# ----------------------------------------------------------------------------------------------- Qwen3 parity
-
-
-def test_decoder_matches_transformers_qwen3():
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    qcfg = Qwen3Config(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, head_dim=32, rope_theta=10000.0,
-                       rms_norm_eps=1e-6, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    qwen = Qwen3ForCausalLM(qcfg).eval()
-    model = tiny_model(head_dim=32, rms_norm_eps=1e-6, tie_word_embeddings=False, qk_norm=True)
-    state = {k.removeprefix("model."): v for k, v in qwen.state_dict().items() if k.startswith("model.")}
-    model.model.language_model.load_state_dict(state, strict=False)
-    model.lm_head.load_state_dict(qwen.lm_head.state_dict())
-    missing = set(model.model.language_model.state_dict()) - set(state)
-    assert not missing, missing
-    ids, mask = pad_batch([prompt(n_images=0, n_text_after=12, seed=1), prompt(n_images=0, seed=2)], side="left")
-    expected = qwen(input_ids=ids, attention_mask=mask).logits
-    actual = model(input_ids=ids, attention_mask=mask).logits
-    torch.testing.assert_close(actual[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
-
-
 # ----------------------------------------------------------------------------------------------- save / load
 
 
@@ -428,7 +328,8 @@ def test_save_and_reload_in_process_without_project(tmp_path, isolated):
     _save_with_reference(model, tmp_path / "ckpt")
     files = set(p.name for p in (tmp_path / "ckpt").iterdir())
     assert {"config.json", "model.safetensors", "modeling_minimind_v.py", "configuration_minimind_v.py",
-            "language_model.py", "projector.py", "README.md"} <= files
+            "modeling_minimind.py", "configuration_minimind.py", "attention.py", "feed_forward.py", "compat.py",
+            "projector.py", "vision.py", "README.md"} <= files
     auto_map = json.loads((tmp_path / "ckpt" / "config.json").read_text())["auto_map"]
     assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText"}
     isolated(
@@ -503,3 +404,135 @@ def test_inner_model_alone_saves_and_reloads(tmp_path):
     full = MiniMindVForConditionalGeneration.from_pretrained(tmp_path)  # inner weights load under `model.`
     torch.testing.assert_close(full.model.language_model.embed_tokens.weight, inner.language_model.embed_tokens.weight)
     torch.testing.assert_close(full.lm_head.weight, inner.language_model.embed_tokens.weight)  # tied
+
+
+@pytest.mark.parametrize("projector", ["mlp", "cross_attention"])
+def test_moe_vlm_training_steps_reduce_loss(projector):
+    extra = {"projector_num_queries": 9, "projector_num_heads": 4} if projector == "cross_attention" else {}
+    model = tiny_model(use_moe=True, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2,
+                       projector_type=projector, **extra).train()
+    ids = torch.tensor([prompt(seed=s) for s in range(4)])
+    pv = pixels(4)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(15):
+        out = model(input_ids=ids, pixel_values=pv, labels=ids)
+        assert out.aux_loss is not None and out.aux_loss > 0
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(out.loss.item())
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+# ----------------------------------------------------------------------------------------------- transformers contract
+
+
+def wide_model(seed=0):
+    """Wide random weights: generated tokens depend on the input, so decoding-path differences show."""
+    model = tiny_model(seed=seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, 0.3)
+    return model
+
+
+def test_output_loading_info(tmp_path):
+    tiny_model().save_pretrained(tmp_path)
+    model, info = MiniMindVForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
+
+
+def test_return_dict_false_gives_tuples_in_output_order():
+    model = tiny_model()
+    ids = torch.tensor([prompt()])
+    as_dict = model(input_ids=ids, pixel_values=pixels(1), use_cache=False)
+    as_tuple = model(input_ids=ids, pixel_values=pixels(1), use_cache=False, return_dict=False)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], as_dict.logits)
+    base = model.model(input_ids=ids, pixel_values=pixels(1), use_cache=False, return_dict=False)
+    assert isinstance(base, tuple) and torch.equal(base[0], model.model(input_ids=ids, pixel_values=pixels(1)).last_hidden_state)
+
+
+def test_output_attentions_and_hidden_states_from_call_or_config():
+    model = tiny_model()
+    model.set_attn_implementation("eager")
+    ids = torch.tensor([prompt()])
+    out = model(input_ids=ids, pixel_values=pixels(1), output_attentions=True, output_hidden_states=True)
+    n, layers = ids.shape[1], model.config.text_config.num_hidden_layers
+    assert len(out.attentions) == layers and out.attentions[0].shape == (1, 4, n, n)
+    assert len(out.hidden_states) == layers + 1
+    image_outputs = out.image_outputs
+    assert image_outputs.hidden_states is not None and len(image_outputs.hidden_states) == 3  # 2-layer tower + embeds
+    assert image_outputs.attentions is not None and len(image_outputs.attentions) == 2
+    selected = model(input_ids=ids, pixel_values=pixels(1), output_hidden_states=[-1])
+    assert len(selected.hidden_states) == 1 and torch.equal(selected.hidden_states[0], out.hidden_states[-1])
+    model.config.output_hidden_states = True
+    assert len(model(input_ids=ids, pixel_values=pixels(1)).hidden_states) == layers + 1
+
+
+def test_get_image_features_follows_the_transformers_contract():
+    model = tiny_model()
+    out = model.get_image_features(pixels(2), output_hidden_states=True)
+    assert type(out).__name__ == "BaseModelOutputWithPooling"
+    assert out.pooler_output.shape == (2, 9, 64)  # projected, one entry per image
+    assert out.last_hidden_state.shape == (2, 10, 64)  # the tower's: class token + 9 patches
+    assert len(out.hidden_states) == 3
+    as_tuple = model.get_image_features(pixels(2), return_dict=False)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[1], out.pooler_output)
+    forward = model(input_ids=torch.tensor([prompt(n_images=2)]), pixel_values=pixels(2))
+    assert torch.equal(forward.image_hidden_states, out.pooler_output)
+    assert torch.equal(forward.image_outputs.pooler_output, out.pooler_output)
+
+
+@pytest.mark.parametrize("mode", ["same_model", "other_assistant", "prompt_lookup"])
+def test_assisted_decoding_with_an_image_prompt_equals_greedy(mode):
+    import copy
+
+    model = wide_model()
+    ids = torch.tensor([prompt(n_text_after=3)])
+    kwargs = dict(input_ids=ids, pixel_values=pixels(1), max_new_tokens=10, do_sample=False, eos_token_id=None)
+    greedy = model.generate(**kwargs)
+    extra = {"same_model": {"assistant_model": copy.deepcopy(model)},
+             "other_assistant": {"assistant_model": tiny_model(seed=9)},
+             "prompt_lookup": {"prompt_lookup_num_tokens": 3}}[mode]
+    assert torch.equal(model.generate(**kwargs, **extra), greedy)
+
+
+def test_generate_through_transformers_with_a_static_cache_and_continuing_from_its_past():
+    from transformers import DynamicCache, StaticCache
+
+    model = wide_model(seed=1)
+    ids = torch.tensor([prompt(n_text_after=3)])
+    kwargs = dict(pixel_values=pixels(1), do_sample=False, eos_token_id=None)
+    reference = model.generate(input_ids=ids, max_new_tokens=12, **kwargs)
+    # A StaticCache handed in explicitly goes through transformers' own loop (not the fast decoder).
+    static = model.generate(input_ids=ids, max_new_tokens=12, **kwargs,
+                            **cache_field(StaticCache(config=model.config, max_cache_len=64)))
+    assert torch.equal(static, reference)
+    # Continue from the cache of a first call, as the common tests do.
+    cache = DynamicCache(config=model.config)
+    first = model.generate(input_ids=ids, max_new_tokens=5, **cache_field(cache), **kwargs)
+    second = model.generate(input_ids=first, max_new_tokens=7, **cache_field(cache), **kwargs)
+    assert torch.equal(second, reference)
+
+
+def test_generate_returns_scores_attentions_and_hidden_states():
+    model = tiny_model()
+    model.set_attn_implementation("eager")
+    ids = torch.tensor([prompt()])
+    out = model.generate(input_ids=ids, pixel_values=pixels(1), max_new_tokens=3, do_sample=False,
+                         eos_token_id=None, return_dict_in_generate=True, output_scores=True,
+                         output_attentions=True, output_hidden_states=True)
+    assert len(out.scores) == 3 and len(out.attentions) == 3 and len(out.hidden_states) == 3
+    assert out.attentions[0][0].shape[-1] == ids.shape[1] and out.attentions[1][0].shape[-2] == 1
+
+
+def test_forward_compiles_as_one_graph():
+    model = tiny_model()
+    ids = torch.tensor([prompt()])
+    compiled = torch.compile(model, fullgraph=True, backend="eager")  # tracing alone: graph breaks raise
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(input_ids=ids, pixel_values=pixels(1)).logits,
+                                   model(input_ids=ids, pixel_values=pixels(1)).logits)
