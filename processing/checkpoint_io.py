@@ -38,8 +38,8 @@ from transformers import (
 from modeling_minimind_v import MiniMindVConfig, MiniMindVForConditionalGeneration
 
 from modeling_minimind_v.processing_minimind_v import DEFAULT_CHAT_TEMPLATE, MiniMindVProcessor
-from .processor_builder import build_image_processor
-from .tokenizer import IMAGE_TOKEN, ensure_vlm_special_tokens
+from .image_processors import build_image_processor
+from .tokenizers import IMAGE_TOKEN, ensure_vlm_special_tokens
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"

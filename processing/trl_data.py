@@ -27,10 +27,9 @@ from torch.utils.data import Dataset
 from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-from .data import (
-    IGNORE_INDEX, IMAGE_PLACEHOLDER, PLACEHOLDER_MISMATCH, TEMPLATE_ERROR, TOO_LONG, DataStats, RowError,
-    decode_image, parse_rows,
-)
+from .labels import IGNORE_INDEX
+from .rows import IMAGE_PLACEHOLDER, PLACEHOLDER_MISMATCH, TEMPLATE_ERROR, TOO_LONG, DataStats, RowError, decode_image
+from .rows import parse_rows
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,10 @@ import torch
 
 from modeling_minimind_v import MiniMindVConfig, MiniMindVForConditionalGeneration
 from processing.evaluation import evaluate_model, read_rows
-from processing.processor_builder import build_processor
+from processing.processors import build_processor
 from processing.synthetic import make_dataset, render_image, sample_scene
-from processing.tokenizer import default_training_texts, save_tokenizer, train_bpe_tokenizer
+from processing.tokenizer_corpus import default_training_texts
+from processing.tokenizers import save_tokenizer, train_bpe_tokenizer
 
 logger = logging.getLogger("minimind_v.demo")
 SCRIPTS = Path(__file__).resolve().parent

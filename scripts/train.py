@@ -31,10 +31,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from modeling_minimind_v import MiniMindVConfig, MiniMindVForConditionalGeneration
-from processing.data import EpochSampler, VLMCollator, VLMDataset
+from processing.collator import VLMCollator
+from processing.dataset import EpochSampler, VLMDataset
 from modeling_minimind_v.processing_minimind_v import MiniMindVProcessor
-from processing.processor_builder import build_processor
-from processing.tokenizer import load_default_tokenizer
+from processing.processors import build_processor
+from processing.tokenizers import load_default_tokenizer
 from processing.training import (
     STAGE_PARTS, JsonlLog, build_optimizer, build_param_groups, checkpoint_tmp_dir, finalize_checkpoint,
     is_complete_checkpoint, latest_checkpoint, list_checkpoints, load_trainer_state, parameter_report, parse_parts,

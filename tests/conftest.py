@@ -29,10 +29,12 @@ def tiny_model(seed: int = 0, **overrides):
 
 
 def run_isolated(code: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run `code` in `python -I` from `cwd`: no PYTHONPATH, no user site, no repo on sys.path.
+    """Run `code` in `python -I` from `cwd`, where nothing of this project can be imported.
 
-    The project is installed in editable mode, so its finder is removed from sys.meta_path first: the child can
-    only reach the code that a saved folder carries (trust_remote_code), as a user without the project would.
+    `-I` drops PYTHONPATH, the script folder and user site. The project may still be pip-installed in editable mode
+    (CI does that), so its finders are removed from sys.meta_path and a finder that refuses the project's packages
+    goes first: the child can only reach the code that a saved folder carries (trust_remote_code), as a user
+    without the project would.
     """
     prelude = textwrap.dedent(
         """
@@ -42,15 +44,23 @@ def run_isolated(code: str, cwd: Path, timeout: int = 300) -> subprocess.Complet
         sys.meta_path[:] = [f for f in sys.meta_path if not _editable(f)]
         sys.path_hooks[:] = [h for h in sys.path_hooks if not _editable(h)]
         sys.path_importer_cache.clear()
-        try:
-            import modeling_minimind_v  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            raise SystemExit("isolation failed: the project is importable")
+        class _BlockProject:
+            BLOCKED = {"processing", "modeling_minimind_v", "minimind_v_configs", "scripts", "tests"}
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in self.BLOCKED:
+                    raise ModuleNotFoundError(f"{name} is blocked: the project must not be importable here")
+                return None
+        sys.meta_path.insert(0, _BlockProject())
+        for _name in ("processing", "modeling_minimind_v"):
+            try:
+                __import__(_name)
+            except ImportError:
+                pass
+            else:
+                raise SystemExit(f"isolation failed: {_name} is importable")
         """
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_HUB_OFFLINE"] = "1"
     env["HF_MODULES_CACHE"] = str(Path(cwd) / "hf_modules")
     return subprocess.run(

@@ -1,4 +1,5 @@
-"""Tests for processing/data.py: assistant-only labels, bad-row accounting, packing equivalence, input formats."""
+"""Tests for processing/dataset.py: assistant-only labels, bad-row accounting, too-long rows, input formats, the epoch
+sampler (packing equivalence is in test_collator.py)."""
 
 import base64
 import json
@@ -8,11 +9,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from processing.data import IGNORE_INDEX, EpochSampler, VLMCollator, VLMDataset
-from processing.processor_builder import build_processor
+from conftest import tiny_config
+from processing.collator import VLMCollator
+from processing.dataset import EpochSampler, VLMDataset
+from processing.labels import IGNORE_INDEX
+from processing.processors import build_processor
 from processing.synthetic import make_dataset, read_jsonl
-from processing.tokenizer import load_default_tokenizer
-from conftest import tiny_config, tiny_model
+from processing.tokenizers import load_default_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -153,41 +156,6 @@ def test_parquet_bytes_multi_image_and_text_only_rows(processor, data_dir, tmp_p
     jsonl.write_text(json.dumps({"images": ["images/train_000000.png", "images/train_000001.png"],
                                  "conversations": rows[0]["conversations"]}) + "\n")
     assert len(VLMDataset(jsonl, processor, image_root=data_dir)) == 1
-
-
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_and_padded_batches_give_same_loss_and_gradients(processor, data_dir, attn):
-    dataset = VLMDataset(data_dir / "sft.jsonl", processor)
-    items = [dataset[i] for i in range(6)]
-    # Larger init than the default 0.02 so attention actually shapes the logits (the control below needs that).
-    model = tiny_model(seed=1, initializer_range=0.3).float().train()
-    model.set_attn_implementation(attn)
-    model.requires_grad_(True)  # vision tower too: its gradients must match as well
-
-    def loss_and_grads(batch):
-        batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        model.zero_grad(set_to_none=True)
-        loss = model(**batch).loss
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    padded = VLMCollator(0)(items)
-    packed = VLMCollator(0, packing=True)(items)
-    assert packed["input_ids"].shape == (1, padded["attention_mask"].sum())
-    assert "attention_mask" not in packed and packed["num_targets"] == padded["num_targets"]
-    loss_pad, grads_pad = loss_and_grads(padded)
-    loss_pack, grads_pack = loss_and_grads(packed)
-    torch.testing.assert_close(loss_pack, loss_pad, rtol=1e-6, atol=1e-6)
-    assert grads_pad.keys() == grads_pack.keys()
-    assert {"model.vision_tower.embeddings.patch_embedding.weight", "model.multi_modal_projector.linear_1.weight",
-            "model.language_model.embed_tokens.weight"} <= grads_pad.keys()
-    for name in grads_pad:
-        torch.testing.assert_close(grads_pack[name], grads_pad[name], rtol=1e-5, atol=1e-6, msg=name)
-
-    # Control: without the position resets nothing marks the boundaries, samples attend across them, loss changes.
-    leaky = dict(packed, position_ids=torch.arange(packed["input_ids"].shape[1]).unsqueeze(0))
-    leaky_loss, _ = loss_and_grads(leaky)
-    assert abs(leaky_loss.item() - loss_pad.item()) > 1e-4
 
 
 def test_epoch_sampler_is_a_function_of_seed_and_epoch():
