@@ -1,4 +1,5 @@
-"""Build a MiniMind-V processor (the Hub's :class:`MiniMindVProcessor`) from a tokenizer and a vision config."""
+"""Build a MiniMind-V processor (the Hub's :class:`MiniMindVProcessor`) from a tokenizer and a vision config, and
+check that a processor fits a model config."""
 
 from __future__ import annotations
 
@@ -38,4 +39,19 @@ def build_processor(
     )
 
 
-__all__ = ["build_processor"]
+def processor_problems(config, processor) -> list[str]:
+    """How `processor` disagrees with the model `config` (image token id, image_seq_length, vocabulary size)."""
+    problems = []
+    if processor.image_seq_length != config.image_seq_length:
+        problems.append(f"processor image_seq_length {processor.image_seq_length} != config "
+                        f"image_seq_length {config.image_seq_length}")
+    token_id = getattr(processor, "image_token_id", None)
+    if token_id != config.image_token_id:
+        problems.append(f"processor image token id {token_id} != config image_token_id {config.image_token_id}")
+    vocab_size = config.get_text_config().vocab_size
+    if len(processor.tokenizer) > vocab_size:
+        problems.append(f"tokenizer has {len(processor.tokenizer)} tokens but vocab_size is {vocab_size}")
+    return problems
+
+
+__all__ = ["build_processor", "processor_problems"]

@@ -305,9 +305,11 @@ def decode_image(ref: ImageRef) -> PIL.Image.Image:
     try:
         image = PIL.Image.open(ref.path if ref.path is not None else io.BytesIO(ref.data))
         image.load()
-        return to_rgb(image)
+        rgb = to_rgb(image)
     except Exception as error:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBomb...)
         raise RowError(CORRUPT_IMAGE, f"{ref.describe()}: {error}") from error
+    # An RGB file comes back as the file's own image object; hand out a plain in-memory copy, detached from it.
+    return rgb.copy() if rgb is image else rgb
 
 
 __all__ = [
