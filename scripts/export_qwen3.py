@@ -21,15 +21,12 @@ def main(argv=None) -> int:
 
     # Heavy imports after argument parsing so --help stays fast.
     from processing.conversion.qwen3 import convert_minimind_v_to_qwen3
-    from processing.conversion.quiet import run_quietly
+    from processing.conversion.quiet import run_for_cli
 
-    output, error = run_quietly(convert_minimind_v_to_qwen3, model_dir=args.model, output_dir=args.output,
-                                dtype=args.dtype, overwrite=args.overwrite)
-    if error is not None:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote Qwen3 checkpoint to {output}")
-    return 0
+    status, line = run_for_cli(convert_minimind_v_to_qwen3, "wrote Qwen3 checkpoint to", model_dir=args.model,
+                               output_dir=args.output, dtype=args.dtype, overwrite=args.overwrite)
+    print(line, file=sys.stderr if status else sys.stdout)
+    return status
 
 
 if __name__ == "__main__":

@@ -26,20 +26,18 @@ def main(argv=None) -> int:
     # Heavy imports after argument parsing so --help stays fast (the projector registry lives with the model).
     from modeling_minimind_v.projector import PROJECTORS
     from processing.conversion.assembly import convert_qwen3_to_minimind_v
-    from processing.conversion.quiet import run_quietly
+    from processing.conversion.quiet import run_for_cli
 
     if args.projector not in PROJECTORS:
         parser.error(f"argument --projector: invalid choice: {args.projector!r} (choose from "
                      f"{', '.join(map(repr, PROJECTORS))})")
-    output, error = run_quietly(
-        convert_qwen3_to_minimind_v, qwen3_dir=args.qwen3, vision_dir=args.vision, output_dir=args.output,
-        projector_type=args.projector, dtype=args.dtype, overwrite=args.overwrite, seed=args.seed,
+    status, line = run_for_cli(
+        convert_qwen3_to_minimind_v, "wrote MiniMind-V checkpoint to", qwen3_dir=args.qwen3, vision_dir=args.vision,
+        output_dir=args.output, projector_type=args.projector, dtype=args.dtype, overwrite=args.overwrite,
+        seed=args.seed,
     )
-    if error is not None:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote MiniMind-V checkpoint to {output}")
-    return 0
+    print(line, file=sys.stderr if status else sys.stdout)
+    return status
 
 
 if __name__ == "__main__":

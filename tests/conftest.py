@@ -28,6 +28,15 @@ def tiny_model(seed: int = 0, **overrides):
     return MiniMindVForConditionalGeneration(tiny_config(**overrides)).eval()
 
 
+def shipped_processor(config=None):
+    """A processor for `config` (default: the tiny preset) built with the shipped tokenizer."""
+    from processing.processors import build_processor
+    from processing.tokenizers import load_default_tokenizer
+
+    config = config if config is not None else tiny_config()
+    return build_processor(load_default_tokenizer(), config.vision_config, config.image_seq_length)
+
+
 def run_isolated(code: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run `code` in `python -I` from `cwd`, where nothing of this project can be imported.
 
@@ -67,6 +76,22 @@ def run_isolated(code: str, cwd: Path, timeout: int = 300) -> subprocess.Complet
         [sys.executable, "-I", "-c", prelude + textwrap.dedent(code)], cwd=cwd, env=env,
         capture_output=True, text=True, timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_processor():
+    """The tiny preset's processor with the shipped tokenizer."""
+    return shipped_processor()
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory):
+    """The synthetic shapes task at 48 px: 16 train images (pretrain/sft rows) and 8 held-out ones (eval rows)."""
+    from processing.synthetic import make_dataset
+
+    root = tmp_path_factory.mktemp("shapes")
+    make_dataset(root, n_train=16, n_eval=8, seed=0, image_size=48)
+    return root
 
 
 @pytest.fixture

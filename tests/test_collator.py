@@ -2,31 +2,15 @@
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_model
+from conftest import tiny_model
 
 from processing.collator import VLMCollator
 from processing.dataset import VLMDataset
-from processing.processors import build_processor
-from processing.synthetic import make_dataset
-from processing.tokenizers import load_default_tokenizer
-
-
-@pytest.fixture(scope="module")
-def processor():
-    config = tiny_config()
-    return build_processor(load_default_tokenizer(), config.vision_config, config.image_seq_length)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_dataset(root, n_train=16, n_eval=0, seed=0, image_size=48)
-    return root
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_and_padded_batches_give_same_loss_and_gradients(processor, data_dir, attn):
-    dataset = VLMDataset(data_dir / "sft.jsonl", processor)
+def test_packed_and_padded_batches_give_same_loss_and_gradients(tiny_processor, shapes_data, attn):
+    dataset = VLMDataset(shapes_data / "sft.jsonl", tiny_processor)
     items = [dataset[i] for i in range(6)]
     # Larger init than the default 0.02 so attention actually shapes the logits (the control below needs that).
     model = tiny_model(seed=1, initializer_range=0.3).float().train()

@@ -14,7 +14,8 @@ def test_part_of_plain_and_peft_names():
     assert part_of("model.multi_modal_projector.linear_1.weight") == "projector"
     assert part_of("model.language_model.layers.0.self_attn.q_proj.weight") == "decoder"
     assert part_of("lm_head.weight") == "decoder"
-    assert part_of("base_model.model.model.multi_modal_projector.modules_to_save.default.linear_1.weight") == "projector"
+    peft_projector = "base_model.model.model.multi_modal_projector.modules_to_save.default.linear_1.weight"
+    assert part_of(peft_projector) == "projector"
     assert part_of("base_model.model.model.language_model.layers.0.self_attn.q_proj.base_layer.weight") == "decoder"
     with pytest.raises(ValueError, match="belongs to no part"):
         part_of("something.else")

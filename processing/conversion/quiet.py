@@ -1,5 +1,5 @@
 """Running a conversion the way its command line reports it: transformers' logging and progress bars silenced, and
-any failure turned into one line (the CLIs print it as ``error: ...`` and exit with status 1)."""
+any failure turned into one ``error: ...`` line with exit status 1."""
 
 from __future__ import annotations
 
@@ -19,4 +19,10 @@ def run_quietly(convert: Callable[..., Path], **kwargs) -> tuple[Path | None, st
         return None, " ".join(str(error).split()) or type(error).__name__
 
 
-__all__ = ["run_quietly"]
+def run_for_cli(convert: Callable[..., Path], done: str, **kwargs) -> tuple[int, str]:
+    """(exit status, the line to report): ``(0, done + output)`` or ``(1, "error: ...")`` (for stderr)."""
+    output, error = run_quietly(convert, **kwargs)
+    return (1, f"error: {error}") if error is not None else (0, f"{done} {output}")
+
+
+__all__ = ["run_for_cli", "run_quietly"]

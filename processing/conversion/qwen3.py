@@ -152,33 +152,30 @@ def qwen3_config_from_minimind(config: MiniMindVConfig, dtype: torch.dtype | Non
 # ------------------------------------------------------------------------------------------------ key mapping
 
 
-def decoder_import_mapping(ckpt: SafetensorsCheckpoint, tied: bool):
-    """Qwen3 keys -> MiniMind-V keys: returns (target -> (ckpt, source key), unmapped source keys). A tied model
-    takes no `lm_head` from the file."""
+def _decoder_mapping(ckpt: SafetensorsCheckpoint, source_prefix: str, target_prefix: str, tied: bool,
+                     left_behind: tuple[str, ...] = ()):
+    """Decoder keys under `source_prefix` -> the same keys under `target_prefix`, plus an untied `lm_head`; returns
+    (target -> (ckpt, source key), unmapped source keys). Keys under `left_behind` prefixes are neither."""
     mapping, unmapped = {}, []
     for key in ckpt.keys():
-        if key.startswith(QWEN3_PREFIX):
-            mapping[DECODER_PREFIX + key[len(QWEN3_PREFIX):]] = (ckpt, key)
+        if key.startswith(source_prefix):
+            mapping[target_prefix + key[len(source_prefix):]] = (ckpt, key)
         elif key == LM_HEAD:
-            if not tied:
+            if not tied:  # a tied model takes no lm_head from the file
                 mapping[key] = (ckpt, key)
-        else:
+        elif not key.startswith(left_behind):
             unmapped.append(key)
     return mapping, unmapped
+
+
+def decoder_import_mapping(ckpt: SafetensorsCheckpoint, tied: bool):
+    """Qwen3 keys -> MiniMind-V keys (see `_decoder_mapping`)."""
+    return _decoder_mapping(ckpt, QWEN3_PREFIX, DECODER_PREFIX, tied)
 
 
 def decoder_export_mapping(ckpt: SafetensorsCheckpoint, tied: bool):
-    """MiniMind-V keys -> Qwen3 keys (the vision tower and projector stay behind); same return as the import."""
-    mapping, unmapped = {}, []
-    for key in ckpt.keys():
-        if key.startswith(DECODER_PREFIX):
-            mapping[QWEN3_PREFIX + key[len(DECODER_PREFIX):]] = (ckpt, key)
-        elif key == LM_HEAD:
-            if not tied:
-                mapping[key] = (ckpt, key)
-        elif not key.startswith((TOWER_PREFIX, PROJECTOR_PREFIX)):
-            unmapped.append(key)
-    return mapping, unmapped
+    """MiniMind-V keys -> Qwen3 keys; the vision tower and the projector stay behind."""
+    return _decoder_mapping(ckpt, DECODER_PREFIX, QWEN3_PREFIX, tied, left_behind=(TOWER_PREFIX, PROJECTOR_PREFIX))
 
 
 # ------------------------------------------------------------------------------------------------ export
