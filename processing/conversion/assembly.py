@@ -19,7 +19,7 @@ from modeling_minimind_v import MiniMindVConfig, MiniMindVForConditionalGenerati
 from modeling_minimind_v.processing_minimind_v import DEFAULT_CHAT_TEMPLATE, MiniMindVProcessor
 
 from ..tokenizers import IMAGE_TOKEN, ensure_vlm_special_tokens
-from .layout import LM_HEAD, PROJECTOR_PREFIX, TOWER_PREFIX
+from ..layout import LM_HEAD, PROJECTOR_PREFIX, TOWER_PREFIX
 from .qwen3 import QWEN3_PREFIX, check_qwen3_config, decoder_import_mapping, qwen3_decoder_fields
 from .safetensors_io import (
     CheckpointError, SafetensorsCheckpoint, atomic_output_dir, check_key_coverage, check_materialised,

@@ -18,7 +18,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from modeling_minimind_v import MiniMindVConfig
 
-from .layout import DECODER_PREFIX, EMBEDDINGS, LM_HEAD, PROJECTOR_PREFIX, TOWER_PREFIX
+from ..layout import DECODER_PREFIX, EMBEDDINGS, LM_HEAD, PROJECTOR_PREFIX, TOWER_PREFIX
 from .safetensors_io import (
     CheckpointError, SafetensorsCheckpoint, atomic_output_dir, check_key_coverage, check_materialised,
     check_output_dir, expected_shapes, load_generation_config, load_tokenizer, parse_dtype, read_json, stream_into,

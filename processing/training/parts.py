@@ -7,15 +7,16 @@ import logging
 
 from torch import nn
 
-# The module that holds each part, as it appears in parameter names ("model.vision_tower.", or PEFT's
+from ..layout import DECODER_MODULE, LM_HEAD_MODULE, PROJECTOR_MODULE, VISION_MODULE
+
+# The modules that hold each part, as they appear in parameter names ("model.vision_tower.", or PEFT's
 # "base_model.model.model.vision_tower."); lm_head is tied to the decoder's embeddings.
 PART_MODULES: dict[str, tuple[str, ...]] = {
-    "vision": ("vision_tower",),
-    "projector": ("multi_modal_projector",),
-    "decoder": ("language_model", "lm_head"),
+    "vision": (VISION_MODULE,),
+    "projector": (PROJECTOR_MODULE,),
+    "decoder": (DECODER_MODULE, LM_HEAD_MODULE),
 }
 PARTS = tuple(PART_MODULES)
-PROJECTOR_MODULE = PART_MODULES["projector"][0]
 LORA = "lora"  # PEFT adapter weights (lora_A, lora_B, ...), counted apart from the part they adapt
 STAGE_PARTS: dict[str, tuple[str, ...]] = {"pretrain": ("projector",), "sft": ("projector", "decoder")}
 
@@ -69,6 +70,6 @@ def log_parameter_report(report: dict[str, dict[str, int]], logger: logging.Logg
 
 
 __all__ = [
-    "LORA", "PARTS", "PART_MODULES", "PROJECTOR_MODULE", "STAGE_PARTS", "log_parameter_report", "parameter_report",
+    "LORA", "PARTS", "PART_MODULES", "STAGE_PARTS", "log_parameter_report", "parameter_report",
     "parse_parts", "part_of", "set_trainable",
 ]

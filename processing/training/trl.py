@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,18 +35,19 @@ from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from ..labels import IGNORE_INDEX, never_labelled_ids
+from ..layout import DECODER_PREFIX, PROJECTOR_MODULE
 from ..rows import TOO_LONG, DataStats, RowError, decode_image, parse_rows
 from ..templating import encode_rows
 from .config import TRL, TrainConfig
 from .loading import load_model_and_processor
-from .parts import PROJECTOR_MODULE, STAGE_PARTS, log_parameter_report, parameter_report, set_trainable
+from .parts import STAGE_PARTS, log_parameter_report, parameter_report, set_trainable
 
 logger = logging.getLogger(__name__)
 
 # Decoder linear layers (attention and every MLP/expert projection, not the MoE router `mlp.gate`). PEFT fullmatches
 # a string `target_modules` against full module names, so the vision tower's q/k/v/o projections stay untouched.
 DECODER_LORA_TARGETS = (
-    r"model\.language_model\.layers\.\d+\."
+    re.escape(DECODER_PREFIX) + r"layers\.\d+\."
     r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(.*\.)?(gate_proj|up_proj|down_proj))"
 )
 # How many following rows __getitem__ tries when a row's image fails to decode mid-training.
