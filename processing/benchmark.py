@@ -160,7 +160,7 @@ def measure_training(model, batch, args, device, compile_model, fused, profile=F
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     del optimizer
     return {"tokens_per_s": tokens / elapsed, "step_s": elapsed / args.train_steps, "peak_mem_gib": peak,
-            "warmup_s": warmup_s, "final_loss": float(loss)}, prof
+            "warmup_s": warmup_s, "final_loss": loss.item()}, prof
 
 
 def _generate_kwargs(model, args, static: bool) -> dict:

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from .parts import STAGE_PARTS, parse_parts
 
 ACCELERATE = "accelerate"  # scripts/train.py
@@ -125,7 +127,7 @@ class TrainConfig:
             package = TRACKER_PACKAGES[self.log_with]
             found.append(f"--log-with {self.log_with} needs the '{package}' package (pip install {package}), "
                          "or use --log-with none")
-        if self.mixed_precision == "fp16" and not _cuda_available():
+        if self.mixed_precision == "fp16" and not torch.cuda.is_available():
             found.append("--mixed-precision fp16 needs a CUDA GPU; use bf16 (or no) on CPU")
         if self.epochs < 1 or self.epochs != math.floor(self.epochs):
             found.append("--epochs must be a whole number >= 1")
@@ -165,12 +167,6 @@ class TrainConfig:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "TrainConfig":
         return cls(**json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8")))
-
-
-def _cuda_available() -> bool:
-    import torch  # only to check a --mixed-precision fp16 request; keeps building the parser light
-
-    return torch.cuda.is_available()
 
 
 def _flag_name(name: str) -> str:
