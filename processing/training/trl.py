@@ -260,8 +260,10 @@ def sft_config(config: TrainConfig) -> SFTConfig:
         max_length=None,
         packing=False,
         padding_free=False,
-        # Our collator masks labels itself; TRL uses this flag to check the template's generation markers.
-        assistant_only_loss=True,
+        # Our collator masks labels to the assistant replies itself (MiniMindVTRLCollator.assistant_only_loss). TRL
+        # reads this flag only to configure its own collator, which we replace, and to check the chat template; it
+        # refuses the flag for vision data before transformers 5.18, where our processor's assistant masks work fine.
+        assistant_only_loss=False,
         # The collator needs the raw "messages"/"images"; there are no model-input columns to filter.
         remove_unused_columns=False,
         dataloader_num_workers=config.num_workers,
