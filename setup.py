@@ -1,14 +1,14 @@
 """Install minimind-v: the remote-code model package, the processing library, presets and scripts' dependencies."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="minimind-v",
     version="0.1.0",
     description="A small Hugging Face Hub-native vision-language model (CLIP/SigLIP tower + MiniMind/Qwen3 decoder)",
     python_requires=">=3.10",
-    packages=["modeling_minimind_v", "processing", "minimind_v_configs"],
-    # The presets live in the repository's top-level configs/ and are installed as a package of their own.
+    packages=["modeling_minimind_v", *find_packages(include=["processing", "processing.*"]), "minimind_v_configs"],
+    # The presets' home is the top-level configs/ folder; installed as a package so they ship with the wheel.
     package_dir={"minimind_v_configs": "configs"},
     package_data={"processing": ["tokenizer/*.json"], "minimind_v_configs": ["*.json", "accelerate/*.yaml"]},
     install_requires=[

@@ -68,7 +68,7 @@ DEFAULT_CHAT_TEMPLATE = (
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 
 
-def _to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     """Convert a PIL image of any mode to 8-bit RGB."""
     if image.width == 0 or image.height == 0:
         raise ValueError(f"empty image of size {image.width}x{image.height}")
@@ -276,7 +276,7 @@ class MiniMindVProcessor(ProcessorMixin):
                 ) from error
         if isinstance(image, PIL.Image.Image):
             try:
-                return _to_rgb(image)
+                return to_rgb(image)
             except ValueError as error:
                 raise ValueError(f"{name}: {error}") from error
         if isinstance(image, torch.Tensor) and image.ndim in (2, 3) and image.numel() > 0:

@@ -1,4 +1,3 @@
-"""Data processing for minimind-v: synthetic task, tokenizer, image processing and chat formatting."""
-
-from modeling_minimind_v.processing_minimind_v import DEFAULT_CHAT_TEMPLATE, MiniMindVProcessor
-from .processor_builder import build_image_processor, build_processor
+"""minimind-v's project library (everything that does not travel to the Hub): processors, tokenizer, data rows ->
+batches, the synthetic task, training, evaluation, checkpoint conversion and the demo. Import the submodule you
+need; this package imports nothing by itself, so every command line starts without loading what it does not use."""

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-logger = logging.getLogger(__name__)
+from .rows import IMAGE_PLACEHOLDER, RowError, iter_jsonl
 
-IMAGE_PLACEHOLDER = "<image>"
+logger = logging.getLogger(__name__)
 
 # Saturated and far apart in RGB so even a tiny vision encoder (and the tests) can tell them apart.
 COLOR_RGB: dict[str, tuple[int, int, int]] = {
@@ -300,9 +300,13 @@ def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Load a JSONL file written by :func:`make_dataset`."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """Load a JSONL file written by :func:`make_dataset` (a line that is not JSON is an error here)."""
+    rows = []
+    for where, row in iter_jsonl(path):
+        if isinstance(row, RowError):
+            raise ValueError(f"{where}: {row}")
+        rows.append(row)
+    return rows
 
 
 def make_dataset(

@@ -8,18 +8,15 @@ same projector. Measured per system: an SFT training step (vision frozen, decode
 tokens/s, MFU against --peak-tflops and peak memory; `generate` tokens/s at each --gen-batch (prompt = one image +
 --prompt-text-tokens text tokens, --new-tokens new tokens, greedy, EOS disabled). LLaVA runs as most users run it
 (eager, dynamic cache) and in its best mode (torch.compile for training, static cache for generate, which compiles
-the decode step). Prints a table and the JSON (also written to --json-out).
+the decode step). Prints a table and the JSON (also written to --json-out). The measurements are
+processing/benchmark.py.
 """
 
 import argparse
-import gc
 import json
-import time
-from contextlib import nullcontext
+import logging
 
-import torch
-
-from modeling_minimind_v import MiniMindVConfig, MiniMindVForConditionalGeneration
+from processing.benchmark import format_table, run_benchmark
 
 
 def parse_args(argv=None):
@@ -47,289 +44,19 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-# ------------------------------------------------------------------------------------------------ models
-
-
-def llava_twin(config: MiniMindVConfig):
-    """transformers' LLaVA with the same vision tower, projector (mlp) and Qwen3 decoder shapes."""
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, Qwen3Config
-
-    text = Qwen3Config(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads, head_dim=config.head_dim,
-        max_position_embeddings=config.max_position_embeddings, rope_theta=config.rope_theta,
-        rms_norm_eps=config.rms_norm_eps, tie_word_embeddings=config.tie_word_embeddings,
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
-    )
-    llava_config = LlavaConfig(
-        vision_config=config.vision_config.to_dict(), text_config=text, image_token_index=config.image_token_id,
-        image_seq_length=config.image_seq_length, vision_feature_layer=-1, vision_feature_select_strategy="default",
-        tie_word_embeddings=config.tie_word_embeddings,
-    )
-    return LlavaForConditionalGeneration(llava_config)
-
-
-def build(system: str, config, device, dtype):
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = MiniMindVForConditionalGeneration(config) if system == "minimind" else llava_twin(config)
-    model.to(dtype)
-    vision = model.model.vision_tower
-    vision.requires_grad_(False)
-    return model
-
-
-def count_params(module):
-    return sum(p.numel() for p in module.parameters())
-
-
-def train_flops_per_step(config, batch, seq_len):
-    """Model FLOPs of one step, identical for both systems so MFU ratios equal throughput ratios:
-    6 N T for the trained decoder (incl. LM head) and projector, causal attention, 2 N T for the frozen tower."""
-    with torch.device("meta"):
-        meta = MiniMindVForConditionalGeneration(config)
-    layers = count_params(meta.model.language_model.layers)
-    head = config.vocab_size * config.hidden_size
-    projector = count_params(meta.model.multi_modal_projector)
-    vision = count_params(meta.model.vision_tower)
-    tokens = batch * seq_len
-    attention = 6 * config.num_hidden_layers * tokens * seq_len * config.num_attention_heads * config.head_dim
-    vision_tokens = batch * (config.num_patches + 1)
-    return 6 * (layers + head) * tokens + attention + 6 * projector * batch * config.image_seq_length + \
-        2 * vision * vision_tokens
-
-
-# ------------------------------------------------------------------------------------------------ inputs
-
-
-def train_batch(config, batch, seq_len, label_fraction, device, dtype):
-    g = torch.Generator().manual_seed(0)
-    n_img = config.image_seq_length
-    text = seq_len - n_img - 1
-    ids = torch.randint(10, config.vocab_size, (batch, seq_len), generator=g)
-    ids[:, 0] = config.bos_token_id
-    ids[:, 1 : 1 + n_img] = config.image_token_id
-    labels = ids.clone()
-    labels[:, : seq_len - int(text * label_fraction)] = -100  # prompt + image: no loss
-    size = config.vision_config.image_size
-    return {
-        "input_ids": ids.to(device),
-        "attention_mask": torch.ones_like(ids).to(device),
-        "pixel_values": torch.randn(batch, 3, size, size, generator=g).to(device, dtype),
-        "labels": labels.to(device),
-    }
-
-
-def generate_inputs(config, batch, text_tokens, device, dtype):
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(10, config.vocab_size, (batch, 1 + config.image_seq_length + text_tokens), generator=g)
-    ids[:, 1 : 1 + config.image_seq_length] = config.image_token_id
-    size = config.vision_config.image_size
-    return {
-        "input_ids": ids.to(device),
-        "attention_mask": torch.ones_like(ids).to(device),
-        "pixel_values": torch.randn(batch, 3, size, size, generator=g).to(device, dtype),
-    }
-
-
-# ------------------------------------------------------------------------------------------------ measurements
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def measure_training(model, batch, args, device, compile_model, fused, profile=False):
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=fused and device.type == "cuda",
-                                  foreach=None if fused else True)
-    step_fn = torch.compile(model) if compile_model else model
-
-    def step():
-        loss = step_fn(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss
-
-    start = time.perf_counter()
-    for _ in range(args.warmup_steps):
-        step()
-    sync(device)
-    warmup_s = time.perf_counter() - start
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    prof = None
-    if profile:
-        prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU] +
-                                      ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []))
-        prof.__enter__()
-    start = time.perf_counter()
-    for _ in range(args.train_steps):
-        loss = step()
-    sync(device)
-    elapsed = time.perf_counter() - start
-    if prof is not None:
-        prof.__exit__(None, None, None)
-    tokens = batch["input_ids"].numel() * args.train_steps
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    del optimizer
-    return {"tokens_per_s": tokens / elapsed, "step_s": elapsed / args.train_steps, "peak_mem_gib": peak,
-            "warmup_s": warmup_s, "final_loss": float(loss)}, prof
-
-
-@torch.no_grad()
-def measure_generate(model, inputs, args, device, static):
-    model.eval()
-    kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
-                  pad_token_id=model.config.get_text_config().pad_token_id)
-    if static:
-        kwargs["cache_implementation"] = "static"
-    start = time.perf_counter()
-    model.generate(**inputs, **kwargs)  # warm-up (compiles the decode step for the static cache)
-    sync(device)
-    warmup_s = time.perf_counter() - start
-    start = time.perf_counter()
-    out = model.generate(**inputs, **kwargs)
-    sync(device)
-    elapsed = time.perf_counter() - start
-    new = out.shape[1] - inputs["input_ids"].shape[1]
-    return {"tokens_per_s": inputs["input_ids"].shape[0] * new / elapsed, "new_tokens": new, "s": elapsed,
-            "warmup_s": warmup_s}
-
-
-@torch.no_grad()
-def profile_generate(model, inputs, args, device, static, name):
-    """Top kernels of one (already warmed-up) generate call."""
-    import os
-
-    activities = [torch.profiler.ProfilerActivity.CPU] + (
-        [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
-                  pad_token_id=model.config.get_text_config().pad_token_id)
-    if static:
-        kwargs["cache_implementation"] = "static"
-    with torch.profiler.profile(activities=activities) as prof:
-        model.generate(**inputs, **kwargs)
-        sync(device)
-    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-    table = prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=70)
-    os.makedirs(args.profile_dir, exist_ok=True)
-    with open(os.path.join(args.profile_dir, f"{name}_top_ops.txt"), "w") as f:
-        f.write(table)
-
-
-def run_system(system, mode_name, config, args, device, dtype, compile_train, fused, static_gen, profile=False):
-    model = build(system, config, device, dtype)
-    result = {}
-    modes = args.modes.split(",")
-    if "train" in modes:
-        batch = train_batch(config, args.batch_size, args.seq_len, args.label_fraction, device, dtype)
-        train, prof = measure_training(model, batch, args, device, compile_train, fused, profile)
-        train["mfu"] = (train_flops_per_step(config, args.batch_size, args.seq_len) / train["step_s"]
-                        / (args.peak_tflops * 1e12))
-        result["train"] = train
-        if prof is not None:
-            import os
-
-            os.makedirs(args.profile_dir, exist_ok=True)
-            trace = os.path.join(args.profile_dir, f"{system}_train_trace.json")
-            prof.export_chrome_trace(trace)
-            sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-            table = prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=70)
-            with open(os.path.join(args.profile_dir, f"{system}_train_top_ops.txt"), "w") as f:
-                f.write(table)
-            print(table)
-            result["profile_trace"] = trace
-        del batch
-    if "generate" in modes:
-        result["generate"] = {}
-        for b in [int(x) for x in args.gen_batch.split(",")]:
-            inputs = generate_inputs(config, b, args.prompt_text_tokens, device, dtype)
-            result["generate"][f"batch{b}"] = measure_generate(model, inputs, args, device, static_gen)
-            if profile:
-                profile_generate(model, inputs, args, device, static_gen, f"{system}_generate_batch{b}")
-    del model
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    torch._dynamo.reset()
-    print(f"[{mode_name}] {json.dumps(result)}", flush=True)
-    return result
-
-
-def ratio(results, a, b, *path):
-    try:
-        x, y = results[a], results[b]
-        for key in path:
-            x, y = x[key], y[key]
-        return x / y
-    except (KeyError, TypeError, ZeroDivisionError):
-        return None
-
-
 def main(argv=None):
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA device is available")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    config = MiniMindVConfig.from_preset(args.preset)
-    can_compile = device.type == "cuda" and not args.no_compile
-    torch.backends.cuda.matmul.allow_tf32 = True
-
-    results = {"preset": args.preset, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-               "torch": torch.__version__, "batch_size": args.batch_size, "seq_len": args.seq_len,
-               "image_tokens": config.image_seq_length, "new_tokens": args.new_tokens}
-    import transformers
-
-    results["transformers"] = transformers.__version__
-    systems = {"minimind": ("minimind", can_compile, True, True)}
-    if args.compare_hf:
-        systems["llava_eager"] = ("llava", False, False, False)
-        systems["llava_best"] = ("llava", can_compile, True, True)
-    wanted = args.systems.split(",")
-    with torch.autocast(device.type, enabled=False) if device.type == "cuda" else nullcontext():
-        for name, (system, compile_train, fused, static_gen) in systems.items():
-            if name not in wanted:
-                continue
-            results[name] = run_system(system, name, config, args, device, dtype, compile_train, fused, static_gen,
-                                       profile=args.profile and name == "minimind")
-    results["ratios"] = {
-        "train_tokens_per_s_vs_llava_best": ratio(results, "minimind", "llava_best", "train", "tokens_per_s"),
-        "train_tokens_per_s_vs_llava_eager": ratio(results, "minimind", "llava_eager", "train", "tokens_per_s"),
-        "train_peak_mem_vs_llava_best": ratio(results, "minimind", "llava_best", "train", "peak_mem_gib"),
-    }
-    for b in args.gen_batch.split(","):
-        for ref in ("llava_best", "llava_eager"):
-            results["ratios"][f"generate_batch{b}_vs_{ref}"] = ratio(
-                results, "minimind", ref, "generate", f"batch{b}", "tokens_per_s")
-    print_table(results, args)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        results = run_benchmark(args)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from error
+    print(format_table(results, args))
     print(json.dumps(results, indent=2))
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(results, f, indent=2)
     return results
-
-
-def print_table(results, args):
-    rows = [("system", "train tok/s", "MFU", "peak GiB") + tuple(f"gen b{b} tok/s" for b in args.gen_batch.split(","))]
-    for name in ("minimind", "llava_eager", "llava_best"):
-        if name not in results:
-            continue
-        r = results[name]
-        t = r.get("train", {})
-        g = r.get("generate", {})
-        rows.append((name, f"{t.get('tokens_per_s', float('nan')):,.0f}", f"{t.get('mfu', float('nan')):.1%}",
-                     f"{t['peak_mem_gib']:.1f}" if t.get("peak_mem_gib") is not None else "-")
-                    + tuple(f"{g.get(f'batch{b}', {}).get('tokens_per_s', float('nan')):,.1f}"
-                            for b in args.gen_batch.split(",")))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
 
 
 if __name__ == "__main__":

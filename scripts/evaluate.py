@@ -6,7 +6,7 @@
 The model and processor load through the Auto classes with trust_remote_code. Relative image paths resolve against
 --image-root (default: the data file's folder, where `make_dataset` puts `images/`). Prints one JSON object
 `{"overall", "per_type", "counts", "correct", "n", "skipped", "skip_reasons", "examples"}` on stdout; logs go to
-stderr. Exit code 1 when no row could be evaluated.
+stderr. Exit code 1 when no row could be evaluated. The evaluator is processing/evaluation/exact_match.py.
 """
 
 import argparse
@@ -15,12 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
-
-from processing.evaluation import evaluate_model, read_rows
-
-logger = logging.getLogger("evaluate")
+from processing.evaluation.exact_match import evaluate_saved_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,17 +42,9 @@ def main(argv=None) -> int:
     if args.limit is not None and args.limit < 0:
         print(f"error: --limit must be >= 0, got {args.limit}", file=sys.stderr)
         return 2
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # bf16 on GPU halves memory and time; CPU kernels are fastest (and exact) in fp32.
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
-    model = AutoModelForImageTextToText.from_pretrained(args.model, trust_remote_code=True, dtype=dtype)
-    model = model.to(device).eval()
-
-    rows = read_rows(data, limit=args.limit)
-    image_root = Path(args.image_root) if args.image_root else data.resolve().parent
-    result = evaluate_model(model, processor, rows, image_root=image_root, batch_size=args.batch_size,
-                            max_new_tokens=args.max_new_tokens, num_examples=args.examples)
+    result = evaluate_saved_model(args.model, data, image_root=args.image_root, limit=args.limit, device=args.device,
+                                  batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                  num_examples=args.examples)
     text = json.dumps(result, indent=2, ensure_ascii=False)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

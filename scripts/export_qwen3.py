@@ -2,7 +2,8 @@
 
 Output: config.json (model_type qwen3), model.safetensors, generation_config.json and the tokenizer files when the
 input has a tokenizer. Only dense decoders with QK-norm have a Qwen3 equivalent. On failure it prints one
-`error: ...` line on stderr, exits with status 1 and leaves no output folder behind.
+`error: ...` line on stderr, exits with status 1 and leaves no output folder behind. The conversion is
+processing/conversion/qwen3.py.
 """
 
 import argparse
@@ -18,19 +19,14 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     args = parser.parse_args(argv)
 
-    from transformers.utils import logging as hf_logging
+    # Heavy imports after argument parsing so --help stays fast.
+    from processing.conversion.qwen3 import convert_minimind_v_to_qwen3
+    from processing.conversion.quiet import run_for_cli
 
-    from processing.checkpoint_io import convert_minimind_v_to_qwen3
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        output = convert_minimind_v_to_qwen3(args.model, args.output, dtype=args.dtype, overwrite=args.overwrite)
-    except Exception as error:  # noqa: BLE001 - a CLI reports every failure as one line, without a traceback
-        print(f"error: {' '.join(str(error).split()) or type(error).__name__}", file=sys.stderr)
-        return 1
-    print(f"wrote Qwen3 checkpoint to {output}")
-    return 0
+    status, line = run_for_cli(convert_minimind_v_to_qwen3, "wrote Qwen3 checkpoint to", model_dir=args.model,
+                               output_dir=args.output, dtype=args.dtype, overwrite=args.overwrite)
+    print(line, file=sys.stderr if status else sys.stdout)
+    return status
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 The projector is freshly initialised; everything else is copied strictly (any missing, unexpected or mis-shaped
 key is an error). The output folder loads with the Auto classes and `trust_remote_code=True`. On failure it prints
-one `error: ...` line on stderr, exits with status 1 and leaves no output folder behind.
+one `error: ...` line on stderr, exits with status 1 and leaves no output folder behind. The conversion is
+processing/conversion/assembly.py.
 """
 
 import argparse
@@ -15,29 +16,28 @@ def main(argv=None) -> int:
     parser.add_argument("--vision", required=True,
                         help="CLIPModel / CLIPVisionModel / SiglipModel / SiglipVisionModel folder")
     parser.add_argument("--output", required=True, help="output folder (must not exist or be empty)")
-    parser.add_argument("--projector", default="mlp", choices=["linear", "mlp", "cross_attention"])
+    parser.add_argument("--projector", default="mlp", metavar="TYPE",
+                        help="projector type, a key of modeling_minimind_v.projector.PROJECTORS (default: mlp)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--seed", type=int, default=0, help="seed of the projector's initialisation")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     args = parser.parse_args(argv)
 
-    # Heavy imports after argument parsing so --help stays fast.
-    from transformers.utils import logging as hf_logging
+    # Heavy imports after argument parsing so --help stays fast (the projector registry lives with the model).
+    from modeling_minimind_v.projector import PROJECTORS
+    from processing.conversion.assembly import convert_qwen3_to_minimind_v
+    from processing.conversion.quiet import run_for_cli
 
-    from processing.checkpoint_io import convert_qwen3_to_minimind_v
-
-    hf_logging.set_verbosity_error()  # keep stderr to the one error line
-    hf_logging.disable_progress_bar()
-    try:
-        output = convert_qwen3_to_minimind_v(
-            args.qwen3, args.vision, args.output, projector_type=args.projector, dtype=args.dtype,
-            overwrite=args.overwrite, seed=args.seed,
-        )
-    except Exception as error:  # noqa: BLE001 - a CLI reports every failure as one line, without a traceback
-        print(f"error: {' '.join(str(error).split()) or type(error).__name__}", file=sys.stderr)
-        return 1
-    print(f"wrote MiniMind-V checkpoint to {output}")
-    return 0
+    if args.projector not in PROJECTORS:
+        parser.error(f"argument --projector: invalid choice: {args.projector!r} (choose from "
+                     f"{', '.join(map(repr, PROJECTORS))})")
+    status, line = run_for_cli(
+        convert_qwen3_to_minimind_v, "wrote MiniMind-V checkpoint to", qwen3_dir=args.qwen3, vision_dir=args.vision,
+        output_dir=args.output, projector_type=args.projector, dtype=args.dtype, overwrite=args.overwrite,
+        seed=args.seed,
+    )
+    print(line, file=sys.stderr if status else sys.stdout)
+    return status
 
 
 if __name__ == "__main__":

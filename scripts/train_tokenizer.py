@@ -8,7 +8,8 @@ import argparse
 import logging
 from collections.abc import Iterator, Sequence
 
-from processing.tokenizer import DEFAULT_VOCAB_SIZE, default_training_texts, save_tokenizer, train_bpe_tokenizer
+from processing.tokenizer_corpus import default_training_texts
+from processing.tokenizers import DEFAULT_VOCAB_SIZE, save_tokenizer, train_bpe_tokenizer
 
 
 def _read_lines(paths: Sequence[str]) -> Iterator[str]:

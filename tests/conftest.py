@@ -28,11 +28,22 @@ def tiny_model(seed: int = 0, **overrides):
     return MiniMindVForConditionalGeneration(tiny_config(**overrides)).eval()
 
 
-def run_isolated(code: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run `code` in `python -I` from `cwd`: no PYTHONPATH, no user site, no repo on sys.path.
+def shipped_processor(config=None):
+    """A processor for `config` (default: the tiny preset) built with the shipped tokenizer."""
+    from processing.processors import build_processor
+    from processing.tokenizers import load_default_tokenizer
 
-    The project is installed in editable mode, so its finder is removed from sys.meta_path first: the child can
-    only reach the code that a saved folder carries (trust_remote_code), as a user without the project would.
+    config = config if config is not None else tiny_config()
+    return build_processor(load_default_tokenizer(), config.vision_config, config.image_seq_length)
+
+
+def run_isolated(code: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `code` in `python -I` from `cwd`, where nothing of this project can be imported.
+
+    `-I` drops PYTHONPATH, the script folder and user site. The project may still be pip-installed in editable mode
+    (CI does that), so its finders are removed from sys.meta_path and a finder that refuses the project's packages
+    goes first: the child can only reach the code that a saved folder carries (trust_remote_code), as a user
+    without the project would.
     """
     prelude = textwrap.dedent(
         """
@@ -42,21 +53,45 @@ def run_isolated(code: str, cwd: Path, timeout: int = 300) -> subprocess.Complet
         sys.meta_path[:] = [f for f in sys.meta_path if not _editable(f)]
         sys.path_hooks[:] = [h for h in sys.path_hooks if not _editable(h)]
         sys.path_importer_cache.clear()
-        try:
-            import modeling_minimind_v  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            raise SystemExit("isolation failed: the project is importable")
+        class _BlockProject:
+            BLOCKED = {"processing", "modeling_minimind_v", "minimind_v_configs", "scripts", "tests"}
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in self.BLOCKED:
+                    raise ModuleNotFoundError(f"{name} is blocked: the project must not be importable here")
+                return None
+        sys.meta_path.insert(0, _BlockProject())
+        for _name in ("processing", "modeling_minimind_v"):
+            try:
+                __import__(_name)
+            except ImportError:
+                pass
+            else:
+                raise SystemExit(f"isolation failed: {_name} is importable")
         """
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_HUB_OFFLINE"] = "1"
     env["HF_MODULES_CACHE"] = str(Path(cwd) / "hf_modules")
     return subprocess.run(
         [sys.executable, "-I", "-c", prelude + textwrap.dedent(code)], cwd=cwd, env=env,
         capture_output=True, text=True, timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_processor():
+    """The tiny preset's processor with the shipped tokenizer."""
+    return shipped_processor()
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory):
+    """The synthetic shapes task at 48 px: 16 train images (pretrain/sft rows) and 8 held-out ones (eval rows)."""
+    from processing.synthetic import make_dataset
+
+    root = tmp_path_factory.mktemp("shapes")
+    make_dataset(root, n_train=16, n_eval=8, seed=0, image_size=48)
+    return root
 
 
 @pytest.fixture

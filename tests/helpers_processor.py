@@ -1,13 +1,10 @@
-"""Helpers for the processor and pipeline tests: a tiny byte-level BPE tokenizer, images, processors, isolation.
+"""Helpers for the processor and pipeline tests: a tiny byte-level BPE tokenizer, vision configs, images, and
+readers of image blocks and assistant masks in token ids.
 
 The tokenizer is trained here with the `tokenizers` library so these tests do not depend on the shipped one; it has
 the project's special tokens with the project's ids (0 pad, 1 im_start, 2 im_end/eos, 3-5 vision tokens).
 """
 
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import PIL.Image
@@ -15,7 +12,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, CLIPVisionConfig, PreTrainedTokenizerFast, SiglipVisionConfig
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
-SHIPPED_TOKENIZER = Path(__file__).resolve().parent.parent / "processing" / "tokenizer"
 
 _CORPUS = [
     "You are a helpful assistant. Describe the image in a few words.",
@@ -66,35 +62,32 @@ def solid_image(color=(200, 30, 30), size=(20, 16), mode="RGB") -> PIL.Image.Ima
     return PIL.Image.new("RGB", size, color).convert(mode)
 
 
-def run_isolated(code: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    """Run `code` under `python -I` in `cwd` where neither `processing` nor `modeling_minimind_v` can be imported.
+def image_blocks(ids: list[int], processor) -> list[list[int]]:
+    """The token runs between <|vision_start|> and <|vision_end|>, checking they are well formed."""
+    blocks, current = [], None
+    for token in ids:
+        if token == processor.vision_start_token_id:
+            assert current is None, "nested <|vision_start|>"
+            current = []
+        elif token == processor.vision_end_token_id:
+            blocks.append(current)
+            current = None
+        elif current is not None:
+            current.append(token)
+        else:
+            assert token != processor.image_token_id, "image token outside a vision block"
+    assert current is None
+    return blocks
 
-    `-I` drops PYTHONPATH, the script folder and user site; the project may still be pip-installed in editable
-    mode (CI does that), so a meta-path finder refuses the project's packages, as for a user without the project.
-    """
-    prelude = textwrap.dedent(
-        """
-        import sys
-        class _BlockProject:
-            BLOCKED = {"processing", "modeling_minimind_v", "scripts", "tests"}
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in self.BLOCKED:
-                    raise ModuleNotFoundError(f"{name} is blocked: the project must not be importable here")
-                return None
-        sys.meta_path.insert(0, _BlockProject())
-        for _name in ("processing", "modeling_minimind_v"):
-            try:
-                __import__(_name)
-            except ImportError:
-                pass
-            else:
-                raise SystemExit(f"isolation failed: {_name} is importable")
-        """
-    )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HF_HUB_OFFLINE"] = "1"
-    env["HF_MODULES_CACHE"] = str(Path(cwd) / "hf_modules")
-    return subprocess.run(
-        [sys.executable, "-I", "-c", prelude + textwrap.dedent(code)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-    )
+
+def assistant_segments(ids, mask, tokenizer) -> list[str]:
+    segments, current = [], []
+    for token, keep in zip(ids, mask):
+        if keep:
+            current.append(token)
+        elif current:
+            segments.append(tokenizer.decode(current))
+            current = []
+    if current:
+        segments.append(tokenizer.decode(current))
+    return segments

@@ -1,5 +1,6 @@
-"""The demo's pieces, end to end at toy size: data, tokenizer, model, training, evaluation, Auto reload, pipeline,
-loss curve. (The full demo — thousands of steps — is not a CI test; its numbers are in README.md.)
+"""The demo (processing/demo.py, run by scripts/demo.py), end to end at toy size: data, tokenizer, model, training,
+evaluation, Auto reload, pipeline, loss curve, and the CLI's threshold. (The full demo — thousands of steps — is not
+a CI test; its numbers are in README.md.)
 
 Run: `python -m pytest tests/test_demo.py -q`.
 """
@@ -10,16 +11,13 @@ import sys
 
 from conftest import REPO_ROOT
 
+from processing.demo import DemoConfig, accuracy_line, run_demo
 
-def test_demo_runs_end_to_end_at_toy_size(tmp_path, monkeypatch):
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("demo", REPO_ROOT / "scripts" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+def test_demo_runs_end_to_end_at_toy_size(tmp_path):
     out = tmp_path / "demo"
-    summary = demo.main(["--output", str(out), "--train-images", "48", "--eval-images", "16", "--steps", "6",
-                         "--batch-size", "8", "--min-accuracy", "0"])
+    summary = run_demo(DemoConfig(output=str(out), train_images=48, eval_images=16, steps=6, batch_size=8,
+                                  min_accuracy=0))
     assert set(summary["per_type"]) == {"color", "shape", "position", "count"}
     assert summary["n_eval"] == 16 and 0.0 <= summary["accuracy"] <= 1.0
     assert isinstance(summary["new_image"]["answer"], str) and summary["new_image"]["expected"]
@@ -29,6 +27,7 @@ def test_demo_runs_end_to_end_at_toy_size(tmp_path, monkeypatch):
     assert (out / "tokenizer" / "tokenizer.json").exists()
     assert json.loads((out / "demo_summary.json").read_text())["accuracy"] == summary["accuracy"]
     assert summary["passed"]
+    assert accuracy_line(summary, 0).startswith("held-out exact match:") and "PASS" in accuracy_line(summary, 0)
 
 
 def test_demo_fails_below_its_threshold(tmp_path):

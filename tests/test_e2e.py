@@ -18,9 +18,9 @@ import torch
 from conftest import REPO_ROOT, run_isolated
 
 from modeling_minimind_v import MiniMindVConfig, MiniMindVForConditionalGeneration
-from processing.processor_builder import build_processor
+from processing.processors import build_processor
 from processing.synthetic import COLORS, POSITIONS, SHAPES, render_image
-from processing.tokenizer import load_default_tokenizer
+from processing.tokenizers import load_default_tokenizer
 
 QUESTION = "What is in the image?"
 TRAIN_ROWS, EVAL_ROWS, STEPS = 2000, 40, 250

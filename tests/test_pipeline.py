@@ -4,7 +4,6 @@ Covers the image-text-to-text pipeline (chat and images+text input, batches, gen
 greedy generation against one sample at a time, streaming, and scripts/chat.py as a subprocess.
 """
 
-import importlib.util
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, TextIterato
 
 from helpers_processor import make_tokenizer, solid_image
 from modeling_minimind_v import MiniMindVConfig, MiniMindVForConditionalGeneration
-from processing.processor_builder import build_processor
+from processing.processors import build_processor
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IMG = "<|image_pad|>"
@@ -59,6 +58,12 @@ def pipe(saved_dir):
 def chat(question: str, color=(200, 30, 30)) -> list[dict]:
     content = [{"type": "image", "image": solid_image(color)}, {"type": "text", "text": question}]
     return [{"role": "user", "content": content}]
+
+
+def chat_turn(text: str, image) -> dict:
+    """A user turn as scripts/chat.py writes it (which runs standalone, with nothing from this project)."""
+    content = [{"type": "image", "image": image}] if image is not None else []
+    return {"role": "user", "content": content + [{"type": "text", "text": text}]}
 
 
 def greedy_reply(model, processor, messages, max_new_tokens: int) -> str:
@@ -163,13 +168,6 @@ def test_text_iterator_streamer_matches_generate(loaded):
     assert streamed == processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def _load_chat_script():
-    spec = importlib.util.spec_from_file_location("minimind_chat_script", REPO_ROOT / "scripts" / "chat.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_chat_script_single_prompt_and_multi_turn(saved_dir, loaded, tmp_path):
     model, processor = loaded
     image_path = tmp_path / "red.png"
@@ -180,18 +178,15 @@ def test_chat_script_single_prompt_and_multi_turn(saved_dir, loaded, tmp_path):
     single = subprocess.run(command + ["--prompt", "What colour?"], capture_output=True, text=True, timeout=240,
                             cwd=tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
-    script = _load_chat_script()
-    args = script.parse_args(["--model", str(saved_dir), "--image", str(image_path), "--max-new-tokens", "6",
-                              "--temperature", "0"])
+    # The turns chat.py builds: the image goes with the first question only; --temperature 0 decodes greedily.
     image = solid_image((200, 30, 30), (40, 30))
-    history = [script.user_turn("What colour?", image)]
+    history = [chat_turn("What colour?", image)]
     first = greedy_reply(model, processor, history, max_new_tokens=6)
     assert single.stdout == first + "\n"
 
     multi = subprocess.run(command, input="What colour?\n\nAnd the shape?\nexit\nnot answered\n", capture_output=True,
                            text=True, timeout=240, cwd=tmp_path)
     assert multi.returncode == 0, multi.stderr[-3000:]
-    history += [{"role": "assistant", "content": first}, script.user_turn("And the shape?", None)]
+    history += [{"role": "assistant", "content": first}, chat_turn("And the shape?", None)]
     second = greedy_reply(model, processor, history, max_new_tokens=6)
-    assert args.temperature == 0
     assert multi.stdout == first + "\n" + second + "\n"

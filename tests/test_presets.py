@@ -90,8 +90,8 @@ def test_processor_token_count_matches_model_features(name):
     """For every preset, the processor's image block has exactly as many placeholders as the model has features."""
     from PIL import Image
 
-    from processing.processor_builder import build_processor
-    from processing.tokenizer import load_default_tokenizer
+    from processing.processors import build_processor
+    from processing.tokenizers import load_default_tokenizer
 
     config = MiniMindVConfig.from_preset(name)
     processor = build_processor(load_default_tokenizer(), config.vision_config, config.image_seq_length)

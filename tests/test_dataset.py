@@ -1,4 +1,5 @@
-"""Tests for processing/data.py: assistant-only labels, bad-row accounting, packing equivalence, input formats."""
+"""Tests for processing/dataset.py: assistant-only labels, bad-row accounting, too-long rows, input formats, the epoch
+sampler (packing equivalence is in test_collator.py)."""
 
 import base64
 import json
@@ -8,24 +9,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from processing.data import IGNORE_INDEX, EpochSampler, VLMCollator, VLMDataset
-from processing.processor_builder import build_processor
-from processing.synthetic import make_dataset, read_jsonl
-from processing.tokenizer import load_default_tokenizer
-from conftest import tiny_config, tiny_model
-
-
-@pytest.fixture(scope="module")
-def processor():
-    config = tiny_config()
-    return build_processor(load_default_tokenizer(), config.vision_config, config.image_seq_length)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_dataset(root, n_train=16, n_eval=8, seed=0, image_size=48)
-    return root
+from processing.collator import VLMCollator
+from processing.dataset import EpochSampler, VLMDataset
+from processing.labels import IGNORE_INDEX
+from processing.synthetic import read_jsonl
 
 
 def _labelled_spans(labels: torch.Tensor) -> list[list[int]]:
@@ -41,13 +28,13 @@ def _labelled_spans(labels: torch.Tensor) -> list[list[int]]:
     return spans + ([current] if current else [])
 
 
-def test_labels_are_exactly_the_assistant_replies(processor, data_dir):
-    tokenizer = processor.tokenizer
-    rows = read_jsonl(data_dir / "sft.jsonl")
-    dataset = VLMDataset(data_dir / "sft.jsonl", processor)
+def test_labels_are_exactly_the_assistant_replies(tiny_processor, shapes_data):
+    tokenizer = tiny_processor.tokenizer
+    rows = read_jsonl(shapes_data / "sft.jsonl")
+    dataset = VLMDataset(shapes_data / "sft.jsonl", tiny_processor)
     assert len(dataset) == len(rows) == dataset.stats.kept
-    forbidden = {tokenizer.pad_token_id, processor.image_token_id, processor.vision_start_token_id,
-                 processor.vision_end_token_id}
+    forbidden = {tokenizer.pad_token_id, tiny_processor.image_token_id, tiny_processor.vision_start_token_id,
+                 tiny_processor.vision_end_token_id}
     for index, row in enumerate(rows):
         item = dataset[index]
         ids, labels = item["input_ids"], item["labels"]
@@ -58,10 +45,10 @@ def test_labels_are_exactly_the_assistant_replies(processor, data_dir):
         assert torch.equal(labels[labelled], ids[labelled])  # labels are the tokens themselves, unshifted
         assert not set(ids[labelled].tolist()) & forbidden
         # The image block is whole: start, image_seq_length pads, end.
-        n_pad = int((ids == processor.image_token_id).sum())
-        assert n_pad == processor.image_seq_length and item["pixel_values"].shape[0] == 1
-        start = int((ids == processor.vision_start_token_id).nonzero())
-        assert ids[start + 1 + n_pad] == processor.vision_end_token_id
+        n_pad = int((ids == tiny_processor.image_token_id).sum())
+        assert n_pad == tiny_processor.image_seq_length and item["pixel_values"].shape[0] == 1
+        start = int((ids == tiny_processor.vision_start_token_id).nonzero())
+        assert ids[start + 1 + n_pad] == tiny_processor.vision_end_token_id
 
     batch = VLMCollator(tokenizer.pad_token_id)([dataset[i] for i in range(4)])
     pad_positions = batch["attention_mask"] == 0
@@ -94,17 +81,17 @@ EXPECTED_EAGER = {"missing_image": 1, "corrupt_image": 1, "no_assistant_turn": 1
                   "placeholder_mismatch": 2, "bad_structure": 1}
 
 
-def test_bad_rows_are_counted_by_reason_and_skipped(processor, data_dir, tmp_path):
+def test_bad_rows_are_counted_by_reason_and_skipped(tiny_processor, shapes_data, tmp_path):
     root = tmp_path / "d"
-    shutil.copytree(data_dir, root)
+    shutil.copytree(shapes_data, root)
     path = _write_bad_rows(root)
 
-    cached = VLMDataset(path, processor, cache_images=True)  # images decoded at load: corrupt one found there
+    cached = VLMDataset(path, tiny_processor, cache_images=True)  # images decoded at load: corrupt one found there
     assert cached.stats.rows == 9 and cached.stats.kept == len(cached) == 2
     assert dict(cached.stats.skipped) == EXPECTED_EAGER
 
     # Lazy decoding: the corrupt image only fails inside the epoch; the collator drops it and the epoch completes.
-    lazy = VLMDataset(path, processor, cache_images=False)
+    lazy = VLMDataset(path, tiny_processor, cache_images=False)
     assert len(lazy) == 3 and dict(lazy.stats.skipped) == {k: v for k, v in EXPECTED_EAGER.items()
                                                             if k != "corrupt_image"}
     loader = DataLoader(lazy, batch_size=2, collate_fn=VLMCollator(0), sampler=EpochSampler(len(lazy), seed=0))
@@ -116,21 +103,21 @@ def test_bad_rows_are_counted_by_reason_and_skipped(processor, data_dir, tmp_pat
     assert seen == 2 and skipped == {"corrupt_image": 1}
 
 
-def test_too_long_rows_are_dropped_whole(processor, data_dir):
-    full = VLMDataset(data_dir / "sft.jsonl", processor)
+def test_too_long_rows_are_dropped_whole(tiny_processor, shapes_data):
+    full = VLMDataset(shapes_data / "sft.jsonl", tiny_processor)
     lengths = sorted(len(full.examples[i].input_ids) for i in range(len(full)))
     limit = lengths[len(lengths) // 2]
-    short = VLMDataset(data_dir / "sft.jsonl", processor, max_length=limit)
+    short = VLMDataset(shapes_data / "sft.jsonl", tiny_processor, max_length=limit)
     expected_dropped = sum(n > limit for n in lengths)
     assert expected_dropped > 0 and short.stats.skipped["too_long"] == expected_dropped
     assert all(len(e.input_ids) <= limit for e in short.examples)
 
 
-def test_parquet_bytes_multi_image_and_text_only_rows(processor, data_dir, tmp_path):
+def test_parquet_bytes_multi_image_and_text_only_rows(tiny_processor, shapes_data, tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
-    png = [(data_dir / f"images/train_{i:06d}.png").read_bytes() for i in range(2)]
+    png = [(shapes_data / f"images/train_{i:06d}.png").read_bytes() for i in range(2)]
     rows = [
         {"conversations": [{"role": "user", "content": "<image> and <image>: same?"},
                            {"role": "assistant", "content": "no"}],
@@ -140,11 +127,11 @@ def test_parquet_bytes_multi_image_and_text_only_rows(processor, data_dir, tmp_p
     ]
     path = tmp_path / "rows.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
-    dataset = VLMDataset(path, processor)
+    dataset = VLMDataset(path, tiny_processor)
     assert len(dataset) == 2 and not dataset.stats.skipped
     two, text = dataset[0], dataset[1]
     assert two["pixel_values"].shape[0] == 2
-    assert int((two["input_ids"] == processor.image_token_id).sum()) == 2 * processor.image_seq_length
+    assert int((two["input_ids"] == tiny_processor.image_token_id).sum()) == 2 * tiny_processor.image_seq_length
     assert text["pixel_values"] is None and dataset.has_text_only_rows
     batch = VLMCollator(0)([two, text])
     assert batch["pixel_values"].shape[0] == 2
@@ -152,42 +139,7 @@ def test_parquet_bytes_multi_image_and_text_only_rows(processor, data_dir, tmp_p
     jsonl = tmp_path / "paths.jsonl"
     jsonl.write_text(json.dumps({"images": ["images/train_000000.png", "images/train_000001.png"],
                                  "conversations": rows[0]["conversations"]}) + "\n")
-    assert len(VLMDataset(jsonl, processor, image_root=data_dir)) == 1
-
-
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_and_padded_batches_give_same_loss_and_gradients(processor, data_dir, attn):
-    dataset = VLMDataset(data_dir / "sft.jsonl", processor)
-    items = [dataset[i] for i in range(6)]
-    # Larger init than the default 0.02 so attention actually shapes the logits (the control below needs that).
-    model = tiny_model(seed=1, initializer_range=0.3).float().train()
-    model.set_attn_implementation(attn)
-    model.requires_grad_(True)  # vision tower too: its gradients must match as well
-
-    def loss_and_grads(batch):
-        batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        model.zero_grad(set_to_none=True)
-        loss = model(**batch).loss
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    padded = VLMCollator(0)(items)
-    packed = VLMCollator(0, packing=True)(items)
-    assert packed["input_ids"].shape == (1, padded["attention_mask"].sum())
-    assert "attention_mask" not in packed and packed["num_targets"] == padded["num_targets"]
-    loss_pad, grads_pad = loss_and_grads(padded)
-    loss_pack, grads_pack = loss_and_grads(packed)
-    torch.testing.assert_close(loss_pack, loss_pad, rtol=1e-6, atol=1e-6)
-    assert grads_pad.keys() == grads_pack.keys()
-    assert {"model.vision_tower.embeddings.patch_embedding.weight", "model.multi_modal_projector.linear_1.weight",
-            "model.language_model.embed_tokens.weight"} <= grads_pad.keys()
-    for name in grads_pad:
-        torch.testing.assert_close(grads_pack[name], grads_pad[name], rtol=1e-5, atol=1e-6, msg=name)
-
-    # Control: without the position resets nothing marks the boundaries, samples attend across them, loss changes.
-    leaky = dict(packed, position_ids=torch.arange(packed["input_ids"].shape[1]).unsqueeze(0))
-    leaky_loss, _ = loss_and_grads(leaky)
-    assert abs(leaky_loss.item() - loss_pad.item()) > 1e-4
+    assert len(VLMDataset(jsonl, tiny_processor, image_root=shapes_data)) == 1
 
 
 def test_epoch_sampler_is_a_function_of_seed_and_epoch():

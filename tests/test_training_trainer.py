@@ -1,5 +1,6 @@
-"""Tests for scripts/train.py: loss falls per stage, frozen parts stay bit-identical, kill -9 + --resume reproduces
-the uninterrupted run, incomplete checkpoints are ignored, lazily failing rows are skipped, the output reloads."""
+"""Tests for the Accelerate trainer (processing/training/trainer.py, run by scripts/train.py): loss falls per stage,
+frozen parts stay bit-identical, kill -9 + --resume reproduces the uninterrupted run, a fresh run refuses old
+checkpoints, lazily failing rows are skipped, the output reloads, accumulation / DDP / bf16 runs agree."""
 
 import importlib.util
 import json
@@ -14,28 +15,23 @@ import torch
 from conftest import REPO_ROOT, tiny_model
 from safetensors.torch import load_file
 
-from processing.processor_builder import build_processor
+from processing.processors import build_processor
 from processing.synthetic import make_dataset
-from processing.tokenizer import load_default_tokenizer
-from processing.training import (
-    COMPLETE_MARKER, latest_checkpoint, list_checkpoints, part_of, read_jsonl_log,
-)
+from processing.tokenizers import load_default_tokenizer
+from processing.training.checkpoints import COMPLETE_MARKER, latest_checkpoint, list_checkpoints
+from processing.training.config import ACCELERATE, CONFIG_FILE, TrainConfig, parse_train_args
+from processing.training.log import read_jsonl_log
+from processing.training.parts import part_of
+from processing.training.trainer import train
 
 TRAIN_SCRIPT = REPO_ROOT / "scripts" / "train.py"
 # One thread: the tiny model is fastest that way on a shared CPU, and runs compared bit-for-bit use the same kernels.
 COMMON = ["--batch-size", "4", "--num-threads", "1", "--seed", "7"]
 
 
-def _load_train_module():
-    spec = importlib.util.spec_from_file_location("minimind_train_script", TRAIN_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def train():
-    return _load_train_module()
+def run(argv: list[str]) -> dict:
+    """What scripts/train.py does with `argv`, in this process."""
+    return train(parse_train_args(argv, ACCELERATE))
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +71,11 @@ def _losses(output) -> list[float]:
     "stage, lr, frozen, trained", [("pretrain", "1e-2", ("vision", "decoder"), ("projector",)),
                                    ("sft", "3e-3", ("vision",), ("projector", "decoder"))],
 )
-def test_stage_loss_falls_and_frozen_parts_stay_bit_identical(train, data, init_dir, tmp_path, stage, lr, frozen,
+def test_stage_loss_falls_and_frozen_parts_stay_bit_identical(data, init_dir, tmp_path, stage, lr, frozen,
                                                               trained):
     output = tmp_path / stage
     rows = data / ("pretrain.jsonl" if stage == "pretrain" else "sft.jsonl")
-    metrics = train.main(["--model", str(init_dir), "--stage", stage, "--data", str(rows), "--output", str(output),
+    metrics = run(["--model", str(init_dir), "--stage", stage, "--data", str(rows), "--output", str(output),
                           "--max-steps", "30", "--lr", lr, "--warmup-ratio", "0.1", *COMMON])
     assert metrics["global_step"] == 30 and metrics["trained_parts"] == list(trained)
     losses = _losses(output)
@@ -102,11 +98,11 @@ def _run_args(data, output, steps):
             "--save-steps", "5", "--lr", "2e-3", *COMMON]
 
 
-def test_kill_9_then_resume_reproduces_the_uninterrupted_run(train, data, tmp_path):
+def test_kill_9_then_resume_reproduces_the_uninterrupted_run(data, tmp_path):
     # 24 rows / batch 4 = 6 micro-batches = 3 optimizer steps per epoch: checkpoints every 5 steps land mid-epoch.
     steps = 60
     reference = tmp_path / "reference"
-    train.main(_run_args(data, reference, steps))
+    run(_run_args(data, reference, steps))
 
     output = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -127,6 +123,7 @@ def test_kill_9_then_resume_reproduces_the_uninterrupted_run(train, data, tmp_pa
     assert not (output / "model.safetensors").exists(), "the run finished before it was killed"
     killed_at = int(latest_checkpoint(output).name.split("-")[1])
     assert killed_at < steps
+    assert TrainConfig.load(latest_checkpoint(output)).save_steps == 5  # every checkpoint says how it was made
 
     # A half-written checkpoint (no completion marker) newer than the real ones must be ignored by --resume.
     fake = output / "checkpoint-55"
@@ -134,7 +131,7 @@ def test_kill_9_then_resume_reproduces_the_uninterrupted_run(train, data, tmp_pa
     (fake / "model.safetensors").write_bytes(b"garbage")
     assert latest_checkpoint(output).name != fake.name
 
-    metrics = train.main([*_run_args(data, output, steps), "--resume"])
+    metrics = run([*_run_args(data, output, steps), "--resume"])
     assert metrics["global_step"] == steps
     resumed, expected = read_jsonl_log(output / "train_log.jsonl"), read_jsonl_log(reference / "train_log.jsonl")
     assert [r["step"] for r in resumed] == list(range(1, steps + 1))
@@ -151,32 +148,22 @@ def test_kill_9_then_resume_reproduces_the_uninterrupted_run(train, data, tmp_pa
         torch.testing.assert_close(final[name], want[name], rtol=0, atol=1e-6, msg=name)
 
 
-def test_checkpoints_without_marker_are_ignored(tmp_path):
-    for step in (5, 10, 15):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-    for step in (5, 10):
-        (tmp_path / f"checkpoint-{step}" / COMPLETE_MARKER).write_text("{}")
-    (tmp_path / ".tmp-checkpoint-20").mkdir()
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-5", "checkpoint-10"]
-    assert latest_checkpoint(tmp_path).name == "checkpoint-10"
-
-
-def test_fresh_run_refuses_an_output_with_old_checkpoints(train, data, tmp_path):
+def test_fresh_run_refuses_an_output_with_old_checkpoints(data, tmp_path):
     old = tmp_path / "out" / "checkpoint-5"
     old.mkdir(parents=True)
     (old / COMPLETE_MARKER).write_text("{}")
     with pytest.raises(ValueError, match="pass --resume"):
-        train.main(_run_args(data, tmp_path / "out", 10))
+        run(_run_args(data, tmp_path / "out", 10))
 
 
-def test_resume_rejects_an_incomplete_checkpoint_path(train, data, tmp_path):
+def test_resume_rejects_an_incomplete_checkpoint_path(data, tmp_path):
     incomplete = tmp_path / "out" / "checkpoint-5"
     incomplete.mkdir(parents=True)
     with pytest.raises(ValueError, match="completion marker"):
-        train.main([*_run_args(data, tmp_path / "out", 10), "--resume", str(incomplete)])
+        run([*_run_args(data, tmp_path / "out", 10), "--resume", str(incomplete)])
 
 
-def test_lazily_failing_rows_are_skipped_and_the_output_reloads_with_auto_classes(train, data, tmp_path):
+def test_lazily_failing_rows_are_skipped_and_the_output_reloads_with_auto_classes(data, tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     rows = [json.loads(line) for line in (data / "sft.jsonl").read_text().splitlines()][:8]
@@ -185,12 +172,14 @@ def test_lazily_failing_rows_are_skipped_and_the_output_reloads_with_auto_classe
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     output = tmp_path / "out"
-    metrics = train.main(["--config", "tiny", "--data", str(path),
+    metrics = run(["--config", "tiny", "--data", str(path),
                           "--image-root", str(data), "--output", str(output), "--epochs", "2", "--no-cache-images",
                           "--packing", *COMMON])
     # 8 rows, one undecodable: found at access time in each of the 2 epochs, skipped, both epochs completed.
     assert metrics["data"]["kept"] == 8 and metrics["data"]["skipped_during_training"] == {"corrupt_image": 2}
     assert metrics["global_step"] == 4
+    saved_config = TrainConfig.load(output)
+    assert (output / CONFIG_FILE).is_file() and saved_config.packing and saved_config.cache_images is False
 
     model = AutoModelForImageTextToText.from_pretrained(output, trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(output, trust_remote_code=True)
@@ -210,11 +199,11 @@ def test_lazily_failing_rows_are_skipped_and_the_output_reloads_with_auto_classe
     assert torch.isfinite(logits).all() and logits.shape[-1] == model.config.vocab_size
 
 
-def test_missing_tracker_package_is_a_clear_error(train, data, tmp_path, capsys):
+def test_missing_tracker_package_is_a_clear_error(data, tmp_path, capsys):
     if importlib.util.find_spec("tensorboard") is not None:
         pytest.skip("tensorboard is installed")
     with pytest.raises(SystemExit) as error:
-        train.main(["--config", "tiny", "--data", str(data / "sft.jsonl"), "--output", str(tmp_path),
+        run(["--config", "tiny", "--data", str(data / "sft.jsonl"), "--output", str(tmp_path),
                     "--log-with", "tensorboard"])
     assert error.value.code == 2
     assert "pip install tensorboard" in capsys.readouterr().err
@@ -236,17 +225,17 @@ def _assert_same_run(a, b, atol):
 
 
 @pytest.fixture(scope="module")
-def accumulated_run(train, data, tmp_path_factory):
+def accumulated_run(data, tmp_path_factory):
     """Batch 4 x 2 accumulated micro-batches, 2 epochs of 24 rows = 6 optimizer steps."""
     output = tmp_path_factory.mktemp("accum")
-    train.main(_short_run(data, output, batch_size=4, grad_accum=2))
+    run(_short_run(data, output, batch_size=4, grad_accum=2))
     return output
 
 
-def test_gradient_accumulation_matches_one_larger_batch(train, data, tmp_path, accumulated_run):
+def test_gradient_accumulation_matches_one_larger_batch(data, tmp_path, accumulated_run):
     # Losses are token-weighted over the whole accumulation window, so 4 x 2 equals one batch of the same 8 rows
     # (only padding widths differ: float noise).
-    train.main(_short_run(data, tmp_path, batch_size=8, grad_accum=1))
+    run(_short_run(data, tmp_path, batch_size=8, grad_accum=1))
     _assert_same_run(tmp_path, accumulated_run, atol=1e-5)
 
 
@@ -263,7 +252,7 @@ def test_two_process_ddp_matches_single_process_accumulation(data, tmp_path, acc
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "sft"])
-def test_bf16_mixed_precision_trains_with_fp32_master_weights(train, data, init_dir, tmp_path, stage):
+def test_bf16_mixed_precision_trains_with_fp32_master_weights(data, init_dir, tmp_path, stage):
     """bf16 autocast over fp32 weights, both stages (sft trains the LM head through the chunked loss)."""
     output = tmp_path / f"bf16-{stage}"
     rows = data / ("pretrain.jsonl" if stage == "pretrain" else "sft.jsonl")

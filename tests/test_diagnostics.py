@@ -1,8 +1,8 @@
-"""Tests for scripts/diagnose.py (healthy, NaN-corrupted, mismatched and missing model folders) and for the
-Accelerate launch configs in configs/accelerate/ (parsed and validated the way `accelerate launch` does).
+"""Tests for processing/diagnostics.py and scripts/diagnose.py (healthy, NaN-corrupted, mismatched and missing model
+folders) and for the Accelerate launch configs in configs/accelerate/ (parsed and validated the way `accelerate
+launch` does).
 """
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -17,19 +17,12 @@ from accelerate.utils.dataclasses import get_module_class_from_name
 from accelerate.utils.launch import prepare_multi_gpu_env
 
 from conftest import REPO_ROOT, tiny_model
-from processing.processor_builder import build_processor
-from processing.tokenizer import load_default_tokenizer
+from processing.diagnostics import LoadError, diagnose
+from processing.processors import build_processor
+from processing.tokenizers import load_default_tokenizer
 
 DIAGNOSE = REPO_ROOT / "scripts" / "diagnose.py"
 ACCELERATE_CONFIGS = REPO_ROOT / "configs" / "accelerate"
-
-
-@pytest.fixture(scope="module")
-def diagnose():
-    spec = importlib.util.spec_from_file_location("minimind_diagnose_script", DIAGNOSE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def save(folder, model, image_seq_length=None):
@@ -61,48 +54,55 @@ def test_healthy_model_passes(healthy):
     assert "OK: no problems found" in out and "PROBLEM" not in out
 
 
-def test_nan_weights_fail(diagnose, tmp_path, capsys):
+def test_nan_weights_fail(tmp_path):
     model = tiny_model()
     with torch.no_grad():
         model.model.language_model.layers[1].mlp.down_proj.weight.fill_(float("nan"))
     folder = save(tmp_path / "nan", model)
-    assert diagnose.main(["--model", str(folder), "--device", "cpu"]) == 1
-    out = capsys.readouterr().out
+    diagnosis = diagnose(folder, device="cpu")
+    assert not diagnosis.healthy
+    out = diagnosis.report()
     assert "NaN/Inf in 1 weight tensor(s): model.language_model.layers.1.mlp.down_proj.weight" in out
     # Layer 1's hidden state is still finite; layer 2 and the logits are not.
     assert "PROBLEM: hidden state of layer 2:" in out and "PROBLEM: hidden state of layer 1" not in out
     assert re.search(r"PROBLEM: logits: \d+ NaN", out)
 
 
-def test_image_token_mismatch_is_reported(diagnose, tmp_path, capsys):
+def test_image_token_mismatch_is_reported(tmp_path):
     # A processor that expands each image to 4 tokens for a model whose projector emits 9 features per image.
     folder = save(tmp_path / "mismatch", tiny_model(), image_seq_length=4)
-    assert diagnose.main(["--model", str(folder)]) == 1
-    out = capsys.readouterr().out
+    diagnosis = diagnose(folder)
+    assert not diagnosis.healthy
+    out = diagnosis.report()
     assert "processor image_seq_length 4 != config image_seq_length 9" in out
     assert "image-token mismatch: the prompt has 4 image tokens, expected image_seq_length 9 x 1 image(s) = 9" in out
     assert "PROBLEM: forward raised ValueError: Image features and image tokens do not match" in out
 
 
-def test_model_without_processor_uses_raw_ids(diagnose, tmp_path, capsys):
+def test_model_without_processor_uses_raw_ids(tmp_path):
     tiny_model().save_pretrained(tmp_path / "bare")
-    assert diagnose.main(["--model", str(tmp_path / "bare")]) == 0
-    out = capsys.readouterr().out
+    diagnosis = diagnose(tmp_path / "bare")
+    assert diagnosis.healthy
+    out = diagnosis.report()
     assert "using raw token ids" in out and "image tokens 9 (expected 9 x 1 = 9)" in out
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "file"])
-def test_bad_folder_is_one_error_line(diagnose, tmp_path, capsys, kind):
+def test_bad_folder_is_one_error_line(tmp_path, kind):
     target = tmp_path / "target"
     if kind == "empty":
         target.mkdir()
     elif kind == "file":
         target.write_text("not a model")
-    assert diagnose.main(["--model", str(target)]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and str(target) in lines[0]
+    with pytest.raises(LoadError) as error:
+        diagnose(target)
+    lines = str(error.value).strip().splitlines()
+    assert len(lines) == 1 and str(target) in lines[0]
+    if kind == "missing":  # the CLI: nothing on stdout, the one line on stderr, status 2
+        proc = subprocess.run([sys.executable, str(DIAGNOSE), "--model", str(target)], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert proc.stderr.strip().splitlines() == [f"error: {lines[0]}"]
 
 
 # ---------------------------------------------------------------------------------------------- accelerate configs

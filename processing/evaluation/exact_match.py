@@ -1,7 +1,8 @@
 """Exact-match evaluation of a MiniMind-V model on conversation rows (the synthetic ``eval.jsonl`` format).
 
-Each row is ``{"conversations": [...], "image": "images/x.png" | [...], "type": "color" | ...}``. The conversation up
-to (not including) its last assistant turn is the prompt, rendered with the processor's chat template and
+Rows are read and validated by the one row reader (:mod:`processing.rows`): ``{"conversations": [...], "image":
+"images/x.png" | [...], "type": "color" | ...}``, JSONL or Parquet, string or list content. The conversation up to
+(not including) its last assistant turn is the prompt, rendered with the processor's chat template and
 ``add_generation_prompt=True``; the last assistant turn is the gold answer. Prompts are generated greedily in
 left-padded batches, stopping at ``<|im_end|>``, and a prediction counts as correct when
 ``normalize_answer(prediction) == normalize_answer(gold)``.
@@ -13,7 +14,6 @@ yields a score for the rest. ``evaluate_model`` is what ``scripts/evaluate.py`` 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
@@ -21,29 +21,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import PIL.Image
 import torch
 
-from .synthetic import normalize_answer
+from ..rows import (
+    BAD_JSON, BAD_STRUCTURE, CORRUPT_IMAGE, IMAGE_PLACEHOLDER, MISSING_IMAGE, NO_ASSISTANT, PLACEHOLDER_MISMATCH,
+    ImageRef, RowError, decode_image, iter_rows, message_text, parse_row,
+)
+from ..synthetic import normalize_answer
+from ..tokenizers import IM_END_TOKEN
 
 logger = logging.getLogger(__name__)
 
 UNTYPED = "all"  # type key for rows without a "type"
-IM_END_TOKEN = "<|im_end|>"
-IMAGE_PLACEHOLDER = "<image>"
+# The evaluator's skip reasons (the result's "skip_reasons" keys) for the row reader's.
+SKIP_REASONS = {
+    BAD_JSON: "bad_row", BAD_STRUCTURE: "bad_row", NO_ASSISTANT: "bad_row",
+    PLACEHOLDER_MISMATCH: "image_count_mismatch", MISSING_IMAGE: "missing_image", CORRUPT_IMAGE: "unreadable_image",
+}
 _MAX_LOGGED_SKIPS = 5  # per evaluation: enough to see what is wrong without flooding the log
 
 
 @dataclass
 class _Item:
-    """One evaluable row: its position in the input, prompt text, image paths and gold answer."""
+    """One evaluable row: its position in the input, prompt text, images and gold answer."""
 
     index: int
     qtype: str
     prompt: str
     question: str
     gold: str
-    image_paths: list[Path] = field(default_factory=list)
+    images: list[ImageRef] = field(default_factory=list)
 
 
 class _SkipRow(Exception):
@@ -55,89 +62,47 @@ class _SkipRow(Exception):
 
 
 def read_rows(path: str | os.PathLike, limit: int | None = None) -> list[dict | None]:
-    """Read a JSONL file; a line that is not valid JSON becomes ``None`` (skipped and counted by the evaluator)."""
+    """The raw rows of a .jsonl or .parquet file (at most `limit`); a line that is not valid JSON becomes ``None``
+    (skipped and counted by the evaluator)."""
     rows: list[dict | None] = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if limit is not None and len(rows) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                logger.warning("%s line %d is not valid JSON (%s); it will be skipped", path, line_no, error)
-                rows.append(None)
+    for where, raw in iter_rows(path):
+        if limit is not None and len(rows) >= limit:
+            break
+        if isinstance(raw, RowError):
+            logger.warning("%s is not valid JSON (%s); it will be skipped", where, raw)
+            raw = None
+        rows.append(raw)
     return rows
 
 
-def _text_of(content: Any) -> str:
-    """The text of a message content: a string, or the concatenated text items of a content list."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for item in content:
-            if isinstance(item, str):
-                parts.append(item)
-            elif isinstance(item, dict) and item.get("type") == "text":
-                parts.append(str(item.get("text", "")))
-        return "".join(parts)
-    raise _SkipRow("bad_row", f"message content must be a string or a list, got {type(content).__name__}")
-
-
-def _image_paths(row: dict, image_root: Path | None) -> list[Path]:
-    images = row.get("image", row.get("images"))
-    if images is None:
-        return []
-    images = [images] if isinstance(images, (str, os.PathLike)) else images
-    if not isinstance(images, list) or not all(isinstance(p, (str, os.PathLike)) for p in images):
-        raise _SkipRow("bad_row", f"'image' must be a path or a list of paths, got {images!r:.80}")
-    paths = [Path(p) if image_root is None or Path(p).is_absolute() else image_root / p for p in images]
-    for path in paths:
-        if not path.is_file():
-            raise _SkipRow("missing_image", f"image not found: {path}")
-    return paths
-
-
-def _prepare(index: int, row: Any, processor, image_root: Path | None) -> _Item:
-    if not isinstance(row, dict):
-        raise _SkipRow("bad_row", "row is not a JSON object")
-    conversations = row.get("conversations")
-    if not isinstance(conversations, list) or not all(isinstance(m, dict) and "role" in m for m in conversations):
-        raise _SkipRow("bad_row", "row has no valid 'conversations' list")
-    assistant_turns = [i for i, m in enumerate(conversations) if m["role"] == "assistant"]
-    if not assistant_turns:
-        raise _SkipRow("bad_row", "conversation has no assistant turn to score against")
-    last = assistant_turns[-1]
-    messages = conversations[:last]
+def _prepare(index: int, raw: Any, processor, image_root: Path | None) -> _Item:
+    try:
+        row = parse_row(raw, image_root, f"row {index}")
+    except RowError as error:
+        raise _SkipRow(SKIP_REASONS.get(error.reason, "bad_row"), str(error)) from error
+    last = max(i for i, message in enumerate(row.messages) if message["role"] == "assistant")
+    messages = row.messages[:last]
     if not messages:
         raise _SkipRow("bad_row", "conversation has nothing before its last assistant turn")
-    gold = _text_of(conversations[last].get("content"))
-    question = _text_of(messages[-1].get("content")).replace(IMAGE_PLACEHOLDER, "").strip()
-    paths = _image_paths(row, image_root)
+    gold = message_text(row.messages[last])
+    question = message_text(messages[-1]).replace(IMAGE_PLACEHOLDER, "").strip()
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     if isinstance(prompt, list):  # some transformers versions return a one-element batch
         prompt = prompt[0]
     # Checked per row here: inside a batch the processor would raise and take the whole batch down with it.
     n_placeholders = prompt.count(processor.image_token)
-    if n_placeholders != len(paths):
+    if n_placeholders != len(row.images):
         raise _SkipRow("image_count_mismatch",
-                       f"prompt has {n_placeholders} image placeholder(s) but the row has {len(paths)} image(s)")
-    qtype = row.get("type")
-    return _Item(index, str(qtype) if qtype else UNTYPED, prompt, question, gold, paths)
+                       f"prompt has {n_placeholders} image placeholder(s) but the row has {len(row.images)} image(s)")
+    qtype = row.fields.get("type")
+    return _Item(index, str(qtype) if qtype else UNTYPED, prompt, question, gold, row.images)
 
 
-def _load_images(paths: list[Path]) -> list[PIL.Image.Image]:
-    images = []
-    for path in paths:
-        try:
-            with PIL.Image.open(path) as image:
-                image.load()  # decode now: a truncated file must fail here, not inside the processor
-                images.append(image.copy())
-        except (OSError, ValueError) as error:
-            raise _SkipRow("unreadable_image", f"cannot read image {path}: {error}") from error
-    return images
+def _load_images(refs: list[ImageRef]) -> list:
+    try:
+        return [decode_image(ref) for ref in refs]  # decoded now: a truncated file fails here, not in the processor
+    except RowError as error:
+        raise _SkipRow(SKIP_REASONS[error.reason], f"cannot read image: {error}") from error
 
 
 def _stop_token_ids(model, tokenizer) -> list[int]:
@@ -162,7 +127,7 @@ def _generate(model, processor, items: list[_Item], max_new_tokens: int, stop_id
     kept, images, skips = [], [], []
     for item in items:
         try:
-            images.append(_load_images(item.image_paths))
+            images.append(_load_images(item.images))
             kept.append(item)
         except _SkipRow as skip:
             skips.append((item.index, skip))
@@ -282,4 +247,26 @@ def evaluate_model(
     }
 
 
-__all__ = ["UNTYPED", "evaluate_model", "read_rows"]
+def load_for_inference(model_dir, device: str | None = None):
+    """(model in eval mode on `device`, processor) of a saved folder, loaded as a Hub user loads them: the Auto
+    classes with the folder's remote code. `device` None: cuda if available, else cpu."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # bf16 on GPU halves memory and time; CPU kernels are fastest (and exact) in fp32.
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, trust_remote_code=True, dtype=dtype)
+    return model.to(device).eval(), processor
+
+
+def evaluate_saved_model(model_dir, data, image_root=None, limit: int | None = None, device: str | None = None,
+                         **kwargs) -> dict:
+    """:func:`evaluate_model` on a saved folder and a data file (the first `limit` rows); relative image paths
+    resolve against `image_root` (default: the data file's folder). `kwargs` go to `evaluate_model`."""
+    model, processor = load_for_inference(model_dir, device)
+    root = Path(image_root) if image_root else Path(data).resolve().parent
+    return evaluate_model(model, processor, read_rows(data, limit=limit), image_root=root, **kwargs)
+
+
+__all__ = ["SKIP_REASONS", "UNTYPED", "evaluate_model", "evaluate_saved_model", "load_for_inference", "read_rows"]

@@ -1,4 +1,4 @@
-"""Qwen3 backbone + CLIP/SigLIP tower import and Qwen3 export (processing/checkpoint_io.py, scripts/import_qwen3.py,
+"""Qwen3 backbone + CLIP/SigLIP tower import and Qwen3 export (processing/conversion/, scripts/import_qwen3.py,
 scripts/export_qwen3.py), checked against transformers on tiny random checkpoints built here (hidden 64, 2 layers,
 vocab 300, a ~290-token byte-level BPE tokenizer, 32 px vision towers).
 """
@@ -31,14 +31,9 @@ from transformers import (
 )
 
 from conftest import REPO_ROOT, tiny_model
-from processing.checkpoint_io import (
-    CheckpointError,
-    SafetensorsCheckpoint,
-    convert_minimind_v_to_qwen3,
-    convert_qwen3_to_minimind_v,
-    import_qwen3,
-    qwen3_decoder_fields,
-)
+from processing.conversion.assembly import convert_qwen3_to_minimind_v, import_qwen3
+from processing.conversion.qwen3 import convert_minimind_v_to_qwen3, qwen3_decoder_fields
+from processing.conversion.safetensors_io import CheckpointError, SafetensorsCheckpoint
 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 VISION_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
@@ -375,6 +370,8 @@ def cli(work, clip_dir):
         "bad_vision": ("import_qwen3.py", "--qwen3", good, "--vision", vit_dir, "--output", root / "out_5"),
         "occupied": ("import_qwen3.py", "--qwen3", good, "--vision", clip_dir, "--output", occupied),
         "export_moe": ("export_qwen3.py", "--model", moe_dir, "--output", root / "out_6"),
+        "bad_projector": ("import_qwen3.py", "--qwen3", good, "--vision", clip_dir, "--output", root / "out_7",
+                          "--projector", "bogus"),
     }
     outputs = {"no_weights": "out_1", "truncated": "out_2", "missing_shard": "out_3", "bad_shapes": "out_4",
                "bad_vision": "out_5", "occupied": "occupied", "export_moe": "out_6"}
@@ -408,6 +405,15 @@ def test_cli_errors_are_one_line_and_leave_nothing(cli, case, message):
     else:
         assert not output.exists()
     assert not [p.name for p in root.iterdir() if p.name.startswith(".")], "temporary folders left behind"
+
+
+def test_cli_projector_choices_come_from_the_registry(cli):
+    from modeling_minimind_v.projector import PROJECTORS
+
+    returncode, _, stderr = cli["results"]["bad_projector"]
+    assert returncode == 2 and "argument --projector: invalid choice: 'bogus'" in stderr
+    assert all(repr(name) in stderr for name in PROJECTORS)
+    assert not (cli["root"] / "out_7").exists()
 
 
 def test_cli_output_loads_without_the_project_and_generates(cli, isolated):

@@ -1,4 +1,4 @@
-"""Tests for processing/evaluation.py and scripts/evaluate.py on a tiny saved model and synthetic eval rows.
+"""Tests for processing/evaluation/exact_match.py and scripts/evaluate.py on a tiny saved model and synthetic eval rows.
 
 Scoring is checked exactly by wrapping the model's `generate`: the real batched generation runs, then each row's
 new tokens are replaced by a known answer (gold for even rows, wrong for odd ones), so accuracy must be exactly 0.5.
@@ -15,10 +15,10 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from conftest import REPO_ROOT, tiny_model
-from processing.evaluation import UNTYPED, evaluate_model, read_rows
-from processing.processor_builder import build_processor
+from processing.evaluation.exact_match import UNTYPED, evaluate_model, read_rows
+from processing.processors import build_processor
 from processing.synthetic import make_dataset
-from processing.tokenizer import load_default_tokenizer
+from processing.tokenizers import load_default_tokenizer
 
 N_EVAL = 8
 TAG = re.compile(r"\(row (\d+)\)")
@@ -176,3 +176,17 @@ def test_cli_prints_json(saved, tmp_path):
     assert result["n"] == 5 and result["skipped"] == 0
     assert sum(result["counts"].values()) == 5 and set(result["per_type"]) == set(result["counts"])
     assert json.loads(output.read_text()) == result
+
+
+def test_list_content_rows_evaluate_like_string_rows(loaded, rows, saved):
+    """Rows in the chat-template form (list content) go through the same reader and give the same prompts."""
+    model, processor = loaded
+    listed = copy.deepcopy(rows[:4])
+    for row in listed:
+        user, reply = row["conversations"]
+        user["content"] = [{"type": "image"}, {"type": "text", "text": user["content"].replace("<image>", "")}]
+        reply["content"] = [{"type": "text", "text": reply["content"]}]
+    kwargs = dict(image_root=saved[1], max_new_tokens=3, num_examples=4)
+    as_lists = evaluate_model(model, processor, listed, **kwargs)
+    as_strings = evaluate_model(model, processor, rows[:4], **kwargs)
+    assert as_lists["n"] == 4 and as_lists == as_strings

@@ -1,32 +1,28 @@
 """TRL SFT (+ LoRA) for MiniMind-V: row conversion, label masking, TRL's fused loss path, LoRA freezing and the merged
-checkpoint (scripts/train_sft_trl.py, processing/trl_data.py). Tiny preset, 16 synthetic rows."""
+checkpoint (processing/training/trl.py, run by scripts/train_sft_trl.py). Tiny preset, 16 synthetic rows."""
 
-import importlib.util
 import json
 
 import pytest
 import torch
-from conftest import REPO_ROOT, tiny_config
+from conftest import tiny_config
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoProcessor
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from modeling_minimind_v import MiniMindVForConditionalGeneration
-from processing.data import IGNORE_INDEX
-from processing.processor_builder import build_processor
+from processing.labels import IGNORE_INDEX
+from processing.processors import build_processor
+from processing.rows import parse_row
 from processing.synthetic import make_dataset
-from processing.tokenizer import load_default_tokenizer
-from processing.trl_data import MiniMindVSFTTrainer, TRLChatDataset, build_collator, to_trl_messages
-
-SCRIPT = REPO_ROOT / "scripts" / "train_sft_trl.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("minimind_train_sft_trl", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from processing.tokenizers import load_default_tokenizer
+from processing.training.config import CONFIG_FILE, TRL, TrainConfig, parse_train_args
+from processing.training.loading import load_model_and_processor
+from processing.training.parts import parameter_report
+from processing.training.trl import (
+    MiniMindVSFTTrainer, TRLChatDataset, build_collator, build_trainer, save_outputs, sft_config,
+)
 
 
 def _save_tiny(folder, seed=0, **overrides):
@@ -55,14 +51,14 @@ def work(tmp_path_factory):
     with open(root / "extra.jsonl", "w") as f:
         f.write("".join(json.dumps(row) + "\n" for row in extra))
     return {"root": root, "model": _save_tiny(root / "model"), "data": root / "data" / "sft.jsonl",
-            "extra": root / "extra.jsonl", "script": _load_script()}
+            "extra": root / "extra.jsonl"}
 
 
 def _args(work, output, *extra):
-    return work["script"].build_parser().parse_args([
+    return parse_train_args([
         "--model", str(work["model"]), "--data", str(work["data"]), "--output", str(output), "--batch-size", "4",
         "--logging-steps", "1", "--seed", "0", "--warmup-ratio", "0", *extra,
-    ])
+    ], TRL)
 
 
 def _batch(trainer, dataset, n=4):
@@ -88,7 +84,9 @@ def test_conversion_keeps_image_positions_and_counts(work):
     # Fresh copies: what a collator adds must not leak into the next epoch.
     two["messages"][1]["content"][0]["image"] = "x"
     assert "image" not in dataset[0]["messages"][1]["content"][0]
-    assert to_trl_messages([{"role": "user", "content": "<image>"}]) == [{"role": "user", "content": [{"type": "image"}]}]
+    lone = parse_row({"conversations": [{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "a"}],
+                      "image": str(work["root"] / "data" / "images" / "train_000000.png")}, None)
+    assert lone.messages[0] == {"role": "user", "content": [{"type": "image"}]}
 
 
 def test_collated_labels_are_assistant_replies_only(work):
@@ -126,9 +124,8 @@ def test_collated_labels_are_assistant_replies_only(work):
 
 
 def test_full_sft_images_reach_loss_and_loss_falls(work, tmp_path):
-    script = work["script"]
     args = _args(work, tmp_path / "out", "--max-steps", "6", "--lr", "3e-3")
-    trainer, dataset = script.build_trainer(args)
+    trainer, dataset = build_trainer(args)
     model = trainer.model
     assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
     batch = _batch(trainer, dataset)
@@ -158,29 +155,29 @@ def test_full_sft_images_reach_loss_and_loss_falls(work, tmp_path):
         after = float(_trl_loss(trainer, batch))
     assert after < before - 0.05, (before, after)
 
-    final = script.save_outputs(trainer, args)
+    final = save_outputs(trainer, args)
     assert final is model
     out = tmp_path / "out"
     assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
+    assert TrainConfig.load(out) == args and (out / CONFIG_FILE).is_file()
     saved = load_file(out / "model.safetensors")
     assert torch.equal(saved["model.multi_modal_projector.linear_1.weight"],
                        model.model.multi_modal_projector.linear_1.weight.detach())
 
 
 def test_lora_trains_adapters_and_projector_only_and_merge_reloads(work, tmp_path, isolated):
-    script = work["script"]
     out = tmp_path / "out"
     args = _args(work, out, "--lora", "--merge", "--lora-r", "4", "--lora-alpha", "8", "--max-steps", "3",
                  "--lr", "1e-2")
     original = load_file(work["model"] / "model.safetensors")
-    trainer, dataset = script.build_trainer(args)
+    trainer, dataset = build_trainer(args)
     peft_model = trainer.model
 
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or "modules_to_save" in n for n in trainable)
     assert all(".language_model." in n for n in trainable if "lora_" in n)
     assert any("multi_modal_projector.modules_to_save" in n for n in trainable)
-    counts = script.parameter_counts(peft_model)
+    counts = parameter_report(peft_model)
     assert counts["vision"]["trainable"] == 0 and counts["decoder"]["trainable"] == 0
     assert counts["all"]["trainable"] == counts["lora"]["total"] + counts["projector"]["total"] // 2
 
@@ -201,7 +198,7 @@ def test_lora_trains_adapters_and_projector_only_and_merge_reloads(work, tmp_pat
     assert changed_projector
     assert any(p.abs().sum() > 0 for n, p in base.named_parameters() if "lora_B" in n)
 
-    merged = script.save_outputs(trainer, args)
+    merged = save_outputs(trainer, args)
     q_key = "model.language_model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(merged.state_dict()[q_key], original[q_key])  # the adapter was merged in
     assert (out / "adapter" / "adapter_config.json").is_file()
@@ -235,10 +232,9 @@ def test_lora_trains_adapters_and_projector_only_and_merge_reloads(work, tmp_pat
 def test_moe_balance_loss_is_added_to_trl_loss(work, tmp_path):
     """TRL's fused path drops the model's aux_loss; MiniMindVSFTTrainer puts it back (equal to the model's loss)."""
     folder = _save_tiny(tmp_path / "moe", use_moe=True)
-    script = work["script"]
-    model, processor = script.load_model_and_processor(folder)
+    model, processor = load_model_and_processor(model_dir=folder, require_processor=True)
     dataset = TRLChatDataset(work["data"])
-    trainer = MiniMindVSFTTrainer(model=model, args=script.sft_config(_args(work, tmp_path / "out")),
+    trainer = MiniMindVSFTTrainer(model=model, args=sft_config(_args(work, tmp_path / "out")),
                                   train_dataset=dataset.to_hf_dataset(), processing_class=processor,
                                   data_collator=build_collator(processor))
     batch = _batch(trainer, dataset)
@@ -253,10 +249,9 @@ def test_moe_balance_loss_is_added_to_trl_loss(work, tmp_path):
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_bf16_autocast_trains(work, tmp_path, lora):
     """--bf16 on CPU: autocast over fp32 master weights through TRL's fused LM-head loss, full and LoRA."""
-    script = work["script"]
     extra = ["--lora"] if lora else []
     args = _args(work, tmp_path / "out", "--max-steps", "6", "--lr", "3e-3", "--bf16", *extra)
-    trainer, _ = script.build_trainer(args)
+    trainer, _ = build_trainer(args)
     assert trainer.args.bf16
     result = trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

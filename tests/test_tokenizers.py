@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from processing import synthetic as S
-from processing import tokenizer as T
+from processing import tokenizers as T
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VISION_TOKENS = (T.VISION_START_TOKEN, T.VISION_END_TOKEN, T.IMAGE_TOKEN)

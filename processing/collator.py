@@ -1,0 +1,69 @@
+"""The trainer's collator: dataset items -> padded (or packed, padding-free) batches, dropping and counting the items
+whose image failed to load."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import torch
+
+from .labels import IGNORE_INDEX
+
+logger = logging.getLogger(__name__)
+
+
+class VLMCollator:
+    """Batches dataset items; drops (and reports under ``"skipped"``) items that failed lazily.
+
+    * padded (default): right padding to the longest row; ``input_ids``, ``attention_mask``, ``labels`` ``[B, L]``.
+    * ``packing=True``: padding-free; all rows concatenated into ``[1, total]`` with ``position_ids`` restarting at 0
+      per row and no attention mask: transformers' ``create_causal_mask`` finds the row boundaries from the position
+      resets and builds a block-diagonal causal mask. The first label of every row is -100, so no token is trained
+      to predict the next row's first token (in padded mode the label shift drops it anyway: losses match).
+
+    ``pixel_values`` are concatenated in order of appearance. Plain-int entries ``num_tokens`` (real tokens) and
+    ``num_targets`` (tokens that are prediction targets after the shift) let the trainer weight losses without
+    touching tensors; it removes them, and ``skipped``, before calling the model.
+    """
+
+    def __init__(self, pad_token_id: int, packing: bool = False):
+        self.pad_token_id = pad_token_id
+        self.packing = packing
+
+    def __call__(self, items: list[dict]) -> dict:
+        skipped = Counter(item["skip"] for item in items if "skip" in item)
+        for item in items:
+            if "skip" in item:
+                logger.warning("skipping %s (%s): %s", item["where"], item["skip"], item["detail"])
+        items = [item for item in items if "skip" not in item]
+        batch: dict = {"skipped": dict(skipped), "num_tokens": 0, "num_targets": 0}
+        if not items:
+            return batch
+        lengths = [len(item["input_ids"]) for item in items]
+        if self.packing:
+            labels = torch.cat([item["labels"] for item in items])
+            starts = torch.tensor([0] + lengths[:-1]).cumsum(0)
+            labels[starts] = IGNORE_INDEX
+            batch["input_ids"] = torch.cat([item["input_ids"] for item in items]).unsqueeze(0)
+            batch["position_ids"] = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+            batch["labels"] = labels.unsqueeze(0)
+        else:
+            size = (len(items), max(lengths))
+            input_ids = torch.full(size, self.pad_token_id, dtype=torch.long)
+            labels = torch.full(size, IGNORE_INDEX, dtype=torch.long)
+            attention_mask = torch.zeros(size, dtype=torch.long)
+            for row, (item, n) in enumerate(zip(items, lengths)):
+                input_ids[row, :n] = item["input_ids"]
+                labels[row, :n] = item["labels"]
+                attention_mask[row, :n] = 1
+            batch.update(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        pixels = [item["pixel_values"] for item in items if item["pixel_values"] is not None]
+        if pixels:
+            batch["pixel_values"] = torch.cat(pixels)
+        batch["num_tokens"] = sum(lengths)
+        batch["num_targets"] = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        return batch
+
+
+__all__ = ["VLMCollator"]

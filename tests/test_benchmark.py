@@ -1,0 +1,23 @@
+"""Smoke test for processing/benchmark.py (scripts/benchmark.py): the tiny preset on CPU, minimind and its LLaVA twin,
+one step of each measurement; the numbers themselves are in docs/benchmarks.md."""
+
+from argparse import Namespace
+
+import pytest
+
+from processing.benchmark import format_table, run_benchmark
+
+
+def test_tiny_benchmark_measures_both_systems():
+    args = Namespace(preset="tiny", device="cpu", compare_hf=True, modes="train,generate",
+                     systems="minimind,llava_eager", batch_size=2, seq_len=32, label_fraction=0.5, train_steps=1,
+                     warmup_steps=1, gen_batch="1", prompt_text_tokens=4, new_tokens=3, peak_tflops=1.0,
+                     no_compile=True, profile=False, profile_dir="unused", json_out=None)
+    results = run_benchmark(args)
+    for system in ("minimind", "llava_eager"):
+        assert results[system]["train"]["tokens_per_s"] > 0 and results[system]["generate"]["batch1"]["new_tokens"] == 3
+    assert "llava_best" not in results and results["image_tokens"] == 9
+    assert results["ratios"]["train_tokens_per_s_vs_llava_eager"] == pytest.approx(
+        results["minimind"]["train"]["tokens_per_s"] / results["llava_eager"]["train"]["tokens_per_s"])
+    table = format_table(results, args).splitlines()
+    assert table[0].split()[0] == "system" and [row.split()[0] for row in table[1:]] == ["minimind", "llava_eager"]
