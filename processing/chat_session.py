@@ -150,7 +150,8 @@ def _neutralise_messages(messages: list[dict], tokens: Sequence[str]) -> list[di
             content = neutralise_control_tokens(content, tokens)
         else:
             content = [
-                {**item, "text": neutralise_control_tokens(item["text"], tokens)} if item.get("type") == "text" else item
+                {**item, "text": neutralise_control_tokens(item["text"], tokens)}
+                if item.get("type") == "text" else item
                 for item in content
             ]
         out.append({**message, "content": content})
@@ -240,7 +241,7 @@ def stream_reply(model, processor, inputs, **generate_kwargs) -> Iterator[Stream
                 result["output"] = model.generate(
                     **inputs, streamer=streamer, stopping_criteria=criteria, **generate_kwargs
                 )
-        except BaseException as error:  # re-raised in the consumer's thread below
+        except Exception as error:  # re-raised in the consumer's thread below
             result["error"] = error
             streamer.end()  # unblock the consumer; generate did not get to end the stream
 
@@ -304,7 +305,7 @@ def format_parameters(count: int) -> str:
 
 
 __all__ = [
-    "ChatTurn", "StreamUpdate", "UnreadableImageError", "WORD_JOINER", "build_messages", "context_limit",
+    "WORD_JOINER", "ChatTurn", "StreamUpdate", "UnreadableImageError", "build_messages", "context_limit",
     "control_tokens", "describe_model", "encode_chat", "format_parameters", "generation_kwargs", "load_image",
     "neutralise_control_tokens", "stream_reply", "supports_builtin_sanitizer",
 ]

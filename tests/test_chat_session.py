@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from helpers_chat import assistant, greedy_reference, save_tiny_model, shapes_image, user
+from helpers_chat import assistant, greedy_reference, save_imported_qwen3_model, save_tiny_model, shapes_image, user
 from processing.chat_session import (
     WORD_JOINER,
     ChatTurn,
@@ -143,6 +143,23 @@ def test_stream_equals_greedy_generate_over_turns(loaded):
         assert all(final.text.startswith(update.text) for update in updates)
         history[-1].reply = final.text
         history.append(ChatTurn("And the circle?"))
+
+
+def test_imported_qwen3_checkpoint(tmp_path):
+    """The same logic on a Qwen3-imported checkpoint with a SigLIP tower: safe templating and greedy streaming."""
+    folder = save_imported_qwen3_model(tmp_path / "model", tmp_path)
+    model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    image = shapes_image(9, size=32)
+    for sanitize in sanitize_modes(processor):
+        inputs = encode_chat(processor, build_messages([ChatTurn(ATTACK, [image])]), sanitize=sanitize)
+        assert counts(processor, inputs["input_ids"])["<|im_start|>"] == 2
+        assert counts(processor, inputs["input_ids"])["<|image_pad|>"] == processor.image_seq_length
+    messages = build_messages([ChatTurn("What color is the circle?", [image])])
+    final = list(stream_reply(model, processor, encode_chat(processor, messages), **generation_kwargs(0, 1, 12)))[-1]
+    assert final.text == greedy_reference(model, processor, messages, 12)
+    info = describe_model(model, processor)
+    assert (info["vision_type"], info["image_tokens"], info["decoder_layers"]) == ("siglip_vision_model", 4, 2)
 
 
 def test_closing_the_stream_stops_generate(loaded):
