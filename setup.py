@@ -25,5 +25,7 @@ setup(
     extras_require={
         "train": ["trl>=1.0", "peft>=0.17", "datasets>=3.0", "matplotlib>=3.8", "tensorboard>=2.15"],
         "dev": ["pytest>=8", "trl>=1.0", "peft>=0.17", "datasets>=3.0", "matplotlib>=3.8", "pyarrow>=15"],
+        # scripts/web_demo.py; playwright drives Chromium in tests/test_web_demo.py (it uses the system's Chromium).
+        "demo": ["gradio>=6,<7", "playwright>=1.40"],
     },
 )

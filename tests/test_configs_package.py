@@ -77,8 +77,6 @@ except ValueError as error:
     assert "Unknown preset 'nope'" in result.stdout and "'small'" in result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="MiniMindVConfig.from_preset still reads ../configs next to the package; "
-                                       "it switches to minimind_v_configs in the modeling redesign (then drop this)")
 def test_from_preset_works_after_a_non_editable_install(installed, tmp_path):
     result = _run_installed(installed, tmp_path, """
 from modeling_minimind_v import MiniMindVConfig
