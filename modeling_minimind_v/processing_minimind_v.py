@@ -76,14 +76,15 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
         return image
     if image.mode.startswith("I;16") or image.mode in {"I", "F"}:
         # High bit-depth greyscale: PIL's convert("L") clips instead of scaling, which turns most 16-bit images
-        # white. Scale the full range down to 8 bits first.
-        # Float images in [0, 1] are scaled up; integer images beyond 8 bits are taken as 16-bit.
-        image = image.convert("I") if image.mode.startswith("I;16") else image
+        # white. Scale the full range down to 8 bits first. "I;16*" modes are 16-bit by definition (a dark image is
+        # still 16-bit); a 32-bit "I" image beyond 8 bits is taken as 16-bit; float images in [0, 1] are scaled up.
+        sixteen_bit = image.mode.startswith("I;16")
+        image = image.convert("I") if sixteen_bit else image
         high = image.getextrema()[1]
         if image.mode == "F":
             scale = 255.0 if high <= 1.0 else 1.0
         else:
-            scale = 1.0 / 257.0 if high > 255 else 1.0
+            scale = 1.0 / 257.0 if sixteen_bit or high > 255 else 1.0
         return image.point(lambda v: v * scale).convert("L").convert("RGB")
     if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
         if image.mode in {"La", "RGBa"}:
@@ -342,4 +343,4 @@ class MiniMindVProcessor(ProcessorMixin):
 
 MiniMindVProcessor.register_for_auto_class()
 
-__all__ = ["DEFAULT_CHAT_TEMPLATE", "MiniMindVProcessor"]
+__all__ = ["DEFAULT_CHAT_TEMPLATE", "MiniMindVProcessor", "to_rgb"]

@@ -9,9 +9,9 @@ import PIL.Image
 import torch
 
 from modeling_minimind_v import MiniMindVConfig, MiniMindVForConditionalGeneration
-from processing.processor_builder import build_processor
+from processing.processors import build_processor
 from processing.synthetic import render_image, sample_scene
-from processing.tokenizer import load_default_tokenizer
+from processing.tokenizers import load_default_tokenizer
 
 
 def save_tiny_model(folder: Path, seed: int = 0) -> Path:
@@ -59,13 +59,13 @@ def assistant(text: str) -> dict:
 
 def save_imported_qwen3_model(folder: Path, work: Path, seed: int = 0) -> Path:
     """A checkpoint of the other kind the project makes: a (tiny, random) Qwen3 decoder and SigLIP tower imported
-    with `processing.checkpoint_io.import_qwen3`, Qwen's own tokenizer kept (ChatML and vision specials)."""
+    with `processing.conversion.assembly.import_qwen3`, Qwen's own tokenizer kept (ChatML and vision specials)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
         PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM, SiglipVisionConfig, SiglipVisionModel,
     )
 
-    from processing.checkpoint_io import import_qwen3
+    from processing.conversion.assembly import import_qwen3
 
     qwen_dir, vision_dir = work / "qwen3", work / "siglip"
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]

@@ -186,7 +186,7 @@ def test_describe_model(loaded):
     assert info["parameters"] == sum(p.numel() for p in model.parameters())
     assert (info["decoder_layers"], info["hidden_size"], info["image_tokens"]) == (2, 64, 9)
     assert (info["vision_type"], info["image_size"], info["patch_size"]) == ("clip_vision_model", 48, 16)
-    assert context_limit(model) == model.config.max_position_embeddings
+    assert context_limit(model) == model.config.text_config.max_position_embeddings
 
 
 # ------------------------------------------------------------------------------------------------------ images

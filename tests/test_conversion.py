@@ -152,14 +152,14 @@ def test_text_logits_match_transformers_qwen3(work, clip_dir, tied, shards):
         actual = model(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(actual[mask.bool()], expected[mask.bool()], atol=1e-4, rtol=1e-4)
 
-    config = model.config
+    config = model.config.text_config
     assert (config.vocab_size, config.hidden_size, config.head_dim, config.num_key_value_heads) == (VOCAB, 64, 16, 2)
     assert config.rope_theta == 50000.0 and config.qk_norm and config.max_position_embeddings == 512
     assert config.tie_word_embeddings is tied
     embed, head = model.get_input_embeddings().weight, model.lm_head.weight
     assert (embed.data_ptr() == head.data_ptr()) is tied
     # The tokenizer already has the vision tokens and they fit: ids reused, no resize.
-    assert config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>") == 5
+    assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>") == 5
     assert embed.shape[0] == VOCAB
     assert processor.chat_template == processor.tokenizer.chat_template and "<|im_start|>" in processor.chat_template
 
@@ -231,7 +231,7 @@ def test_added_vision_tokens_resize_embeddings(work, clip_dir):
     model, processor = import_qwen3(qwen_dir, clip_dir)
     tokenizer = processor.tokenizer
     assert len(tokenizer) == old_vocab + 3
-    assert model.config.vocab_size == model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    assert model.config.text_config.vocab_size == model.get_input_embeddings().weight.shape[0] == len(tokenizer)
     assert model.config.image_token_id == tokenizer.convert_tokens_to_ids("<|image_pad|>") >= old_vocab
     assert torch.equal(model.get_input_embeddings().weight[:old_vocab], original.get_input_embeddings().weight)
     assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()  # still tied
@@ -304,7 +304,7 @@ def test_vision_tower_matches_transformers(work, kind):
         expected = reference(pixel_values=pixels).last_hidden_state[:, -n_patches:]
         actual = model.model.vision_tower(pixel_values=pixels).last_hidden_state[:, -n_patches:]
         torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(model.get_image_features(pixels), model.multi_modal_projector(expected),
+        torch.testing.assert_close(model.get_image_features(pixels).pooler_output, model.multi_modal_projector(expected),
                                    atol=1e-5, rtol=1e-5)
 
     image_processor = processor.image_processor

@@ -152,4 +152,4 @@ def test_fsdp_config(monkeypatch):
     assert "MiniMindDecoderLayer" in model._no_split_modules
     layer_cls = get_module_class_from_name(model, "MiniMindDecoderLayer")
     assert layer_cls is not None
-    assert sum(isinstance(m, layer_cls) for m in model.modules()) == model.config.num_hidden_layers
+    assert sum(isinstance(m, layer_cls) for m in model.modules()) == model.config.text_config.num_hidden_layers

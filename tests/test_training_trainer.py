@@ -196,7 +196,7 @@ def test_lazily_failing_rows_are_skipped_and_the_output_reloads_with_auto_classe
     saved = load_file(str(output / "model.safetensors"))
     projector_weight = "model.multi_modal_projector.linear_1.weight"
     assert torch.equal(model.model.multi_modal_projector.linear_1.weight, saved[projector_weight])
-    assert torch.isfinite(logits).all() and logits.shape[-1] == model.config.vocab_size
+    assert torch.isfinite(logits).all() and logits.shape[-1] == model.config.text_config.vocab_size
 
 
 def test_missing_tracker_package_is_a_clear_error(data, tmp_path, capsys):

@@ -9,6 +9,7 @@ from conftest import tiny_config
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoProcessor
+from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from modeling_minimind_v import MiniMindVForConditionalGeneration
@@ -21,7 +22,7 @@ from processing.training.config import CONFIG_FILE, TRL, TrainConfig, parse_trai
 from processing.training.loading import load_model_and_processor
 from processing.training.parts import parameter_report
 from processing.training.trl import (
-    MiniMindVSFTTrainer, TRLChatDataset, build_collator, build_trainer, save_outputs, sft_config,
+    TRLChatDataset, build_collator, build_trainer, save_outputs, sft_config,
 )
 
 
@@ -230,13 +231,14 @@ def test_lora_trains_adapters_and_projector_only_and_merge_reloads(work, tmp_pat
 
 
 def test_moe_balance_loss_is_added_to_trl_loss(work, tmp_path):
-    """TRL's fused path drops the model's aux_loss; MiniMindVSFTTrainer puts it back (equal to the model's loss)."""
+    """Mixtral's contract: TRL's fused path adds the balance loss from the inner model's router logits, so its loss
+    equals the model's own (token loss + router_aux_loss_coef x balance loss)."""
     folder = _save_tiny(tmp_path / "moe", use_moe=True)
     model, processor = load_model_and_processor(model_dir=folder, require_processor=True)
     dataset = TRLChatDataset(work["data"])
-    trainer = MiniMindVSFTTrainer(model=model, args=sft_config(_args(work, tmp_path / "out")),
-                                  train_dataset=dataset.to_hf_dataset(), processing_class=processor,
-                                  data_collator=build_collator(processor))
+    trainer = SFTTrainer(model=model, args=sft_config(_args(work, tmp_path / "out")),
+                         train_dataset=dataset.to_hf_dataset(), processing_class=processor,
+                         data_collator=build_collator(processor))
     batch = _batch(trainer, dataset)
     model.train()
     with torch.no_grad():

@@ -53,9 +53,9 @@ RESUME_INVARIANTS = ("seed", "batch_size", "grad_accum", "packing", "num_process
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# MoE balance loss: the one place in this trainer that knows how the model reports it. Today's model adds
-# `aux_loss` (returned by the inner model) into `out.loss`; the modeling redesign moves to the Mixtral contract
-# (`output_router_logits`, `router_aux_loss_coef`, `router_logits`), and only these two functions change with it.
+# MoE balance loss: the one place in this trainer that knows how the model reports it. The model follows Mixtral's
+# contract: with labels and router logits, `out.aux_loss` is router_aux_loss_coef x the balance loss and `out.loss`
+# already includes it.
 # ----------------------------------------------------------------------------------------------------------------------
 
 def micro_batch_loss(out, n_micro_batches: int) -> torch.Tensor:

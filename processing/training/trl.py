@@ -12,7 +12,8 @@ loss), through the Hugging Face stack:
   chat template carries ``{% generation %}`` markers) plus a second mask for the pad, image and vision start/end ids:
   TRL leaves image placeholders in the labels, and we never want a prediction target there.
 * :func:`lora_config` targets the decoder's linear layers only and fully trains the projector.
-* :class:`MiniMindVSFTTrainer` adds the MoE balance loss that TRL's fused LM head path drops.
+* MoE models need nothing here: they follow Mixtral's contract (`output_router_logits`, `router_aux_loss_coef`,
+  `router_logits` from the inner model), so TRL's fused LM-head path adds the balance loss itself.
 
 Outputs: full fine-tuning writes a ``save_pretrained`` folder (model + processor + remote code); ``lora=True`` the
 adapter (+ processor) for PEFT; ``lora=True, merge=True`` the adapter to OUTPUT/adapter and the merged model +
@@ -168,45 +169,6 @@ def lora_config(r: int = 8, alpha: int = 16, dropout: float = 0.05):
     )
 
 
-class MiniMindVSFTTrainer(SFTTrainer):
-    """`SFTTrainer` that also adds MiniMind-V's MoE balance loss.
-
-    MoE balance loss: the one place in the TRL path that knows how the model reports it. TRL's fused LM head runs
-    the inner `MiniMindVModel` and builds the loss itself, so the `aux_loss` our own forward would add is lost (TRL
-    only handles models with `output_router_logits`). A forward hook on the inner model keeps the latest `aux_loss`;
-    it is added like TRL adds its own: divided by the accumulation steps when the token loss is normalised over the
-    whole accumulated batch. Dense models have no `aux_loss`, and nothing changes. Once the model follows the
-    Mixtral contract (`output_router_logits`, `router_aux_loss_coef`), TRL adds the balance loss itself and plain
-    `SFTTrainer` replaces this class.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._aux_loss = None
-        inner = self._unwrapped().model
-        inner.register_forward_hook(self._keep_aux_loss)
-
-    def _unwrapped(self):
-        model = self.model
-        return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-    def _keep_aux_loss(self, module, inputs, output):
-        self._aux_loss = getattr(output, "aux_loss", None)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self._aux_loss = None
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                      num_items_in_batch=num_items_in_batch)
-        aux, self._aux_loss = self._aux_loss, None
-        if aux is None or not model.training:
-            return result
-        steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
-        if return_outputs:
-            loss, outputs = result
-            return loss + aux / steps, outputs
-        return result + aux / steps
-
-
 class SaveTrainConfig(TrainerCallback):
     """Writes ``train_config.json`` into every checkpoint the Trainer saves."""
 
@@ -275,7 +237,7 @@ def sft_config(config: TrainConfig) -> SFTConfig:
     )
 
 
-def build_trainer(config: TrainConfig) -> tuple[MiniMindVSFTTrainer, TRLChatDataset]:
+def build_trainer(config: TrainConfig) -> tuple[SFTTrainer, TRLChatDataset]:
     """The SFT trainer for `config` and the dataset it trains on."""
     config.check(TRL)
     model, processor = load_model_and_processor(model_dir=config.model, require_processor=True)
@@ -289,14 +251,14 @@ def build_trainer(config: TrainConfig) -> tuple[MiniMindVSFTTrainer, TRLChatData
         peft_config = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout)
     else:
         set_trainable(model, STAGE_PARTS["sft"])  # projector + decoder, as the Accelerate trainer's stage "sft"
-    trainer = MiniMindVSFTTrainer(
+    trainer = SFTTrainer(
         model=model, args=sft_config(config), train_dataset=dataset.to_hf_dataset(), processing_class=processor,
         data_collator=build_collator(processor), peft_config=peft_config, callbacks=[SaveTrainConfig(config)],
     )
     return trainer, dataset
 
 
-def save_outputs(trainer: MiniMindVSFTTrainer, config: TrainConfig):
+def save_outputs(trainer: SFTTrainer, config: TrainConfig):
     """Write OUTPUT (see the module docstring); returns the final in-memory model (merged when `merge`)."""
     output = Path(config.output)
     processor = trainer.processing_class
@@ -338,6 +300,6 @@ def train_with_trl(config: TrainConfig) -> dict:
 
 
 __all__ = [
-    "DECODER_LORA_TARGETS", "MiniMindVSFTTrainer", "MiniMindVTRLCollator", "SaveTrainConfig", "TRLChatDataset",
+    "DECODER_LORA_TARGETS", "MiniMindVTRLCollator", "SaveTrainConfig", "TRLChatDataset",
     "build_collator", "build_trainer", "lora_config", "save_outputs", "sft_config", "train_with_trl",
 ]
