@@ -125,22 +125,39 @@ def sync(device):
 
 
 def measure_training(model, batch, args, device, compile_model, fused, profile=False):
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=fused and device.type == "cuda",
-                                  foreach=None if fused else True)
-    step_fn = torch.compile(model) if compile_model else model
+    """Time the trainer's own optimizer step (processing/training/step.py: TrainStep) on a fixed batch, set up as
+    scripts/train.py sets it up: fp32 master weights under bf16 autocast (Accelerate) on GPU, the projector and the
+    decoder trained, AdamW (fused where `fused`), a warmup-cosine schedule, gradient clipping at 1.0."""
+    from accelerate import Accelerator
 
-    def step():
-        loss = step_fn(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss
+    from .training.optim import build_optimizer, build_param_groups, warmup_cosine_schedule
+    from .training.step import TrainStep, compile_for_training
+    from .training.trainer import cpu_multiprocess
+
+    # As the trainer builds it (Accelerate's state is process-wide: a second, different Accelerator would be refused).
+    accelerator = Accelerator(cpu=cpu_multiprocess(), mixed_precision="bf16" if device.type == "cuda" else "no")
+    model.float().train()
+    if compile_model:
+        compile_for_training(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if fused:
+        optimizer = build_optimizer(build_param_groups(model, 1e-5, 0.01), 1e-5)
+    else:  # as most users run it: foreach AdamW over every trainable parameter
+        optimizer = torch.optim.AdamW(trainable, lr=1e-5, foreach=True)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    total = args.warmup_steps + args.train_steps
+    scheduler = warmup_cosine_schedule(getattr(optimizer, "optimizer", optimizer), total, 1)
+    step = TrainStep(accelerator, model, optimizer, scheduler, trainable, max_grad_norm=1.0)
+    num_targets = int((batch["labels"][:, 1:] != -100).sum())
+    num_tokens = batch["input_ids"].numel()
+
+    def run_step():
+        return step([dict(batch)], num_targets, num_tokens)
 
     start = time.perf_counter()
     for _ in range(args.warmup_steps):
-        step()
+        result = run_step()
+    result.numbers()
     sync(device)
     warmup_s = time.perf_counter() - start
     if device.type == "cuda":
@@ -151,16 +168,17 @@ def measure_training(model, batch, args, device, compile_model, fused, profile=F
         prof.__enter__()
     start = time.perf_counter()
     for _ in range(args.train_steps):
-        loss = step()
+        result = run_step()
+    loss, _ = result.numbers()
     sync(device)
     elapsed = time.perf_counter() - start
     if prof is not None:
         prof.__exit__(None, None, None)
-    tokens = batch["input_ids"].numel() * args.train_steps
+    tokens = num_tokens * args.train_steps
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    del optimizer
+    del optimizer, step
     return {"tokens_per_s": tokens / elapsed, "step_s": elapsed / args.train_steps, "peak_mem_gib": peak,
-            "warmup_s": warmup_s, "final_loss": loss.item()}, prof
+            "warmup_s": warmup_s, "final_loss": loss}, prof
 
 
 def _generate_kwargs(model, args, static: bool) -> dict:
@@ -213,10 +231,10 @@ def profile_generate(model, inputs, args, device, static, name):
 
 
 def run_system(system, mode_name, config, args, device, dtype, compile_train, fused, static_gen, profile=False):
-    model = build(system, config, device, dtype)
     result = {}
     modes = args.modes.split(",")
     if "train" in modes:
+        model = build(system, config, device, dtype)  # measure_training moves it to fp32 master weights
         batch = train_batch(config, args.batch_size, args.seq_len, args.label_fraction, device, dtype)
         train, prof = measure_training(model, batch, args, device, compile_train, fused, profile)
         train["mfu"] = (train_flops_per_step(config, args.batch_size, args.seq_len) / train["step_s"]
@@ -228,21 +246,69 @@ def run_system(system, mode_name, config, args, device, dtype, compile_train, fu
             prof.export_chrome_trace(trace)
             logger.info("top ops of %s training:\n%s", system, table)
             result["profile_trace"] = trace
-        del batch
+        del batch, model
+        _release(device)
     if "generate" in modes:
+        model = build(system, config, device, dtype)  # fresh: no compiled training forward, weights in `dtype`
         result["generate"] = {}
         for b in [int(x) for x in args.gen_batch.split(",")]:
             inputs = generate_inputs(config, b, args.prompt_text_tokens, device, dtype)
             result["generate"][f"batch{b}"] = measure_generate(model, inputs, args, device, static_gen)
             if profile:
                 profile_generate(model, inputs, args, device, static_gen, f"{system}_generate_batch{b}")
-    del model
+        del model
+        _release(device)
+    logger.info("[%s] %s", mode_name, json.dumps(result))
+    return result
+
+
+def _release(device):
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     torch.compiler.reset()
-    logger.info("[%s] %s", mode_name, json.dumps(result))
-    return result
+
+
+def measure_end_to_end(args, device) -> dict:
+    """scripts/train.py's own loop (`processing.training.trainer.train`) on synthetic shapes data, padded and packed:
+    tokens/s of real tokens as its train_log.jsonl reports them (median over the steps after the first
+    `--warmup-steps`, which compile)."""
+    import statistics
+    import tempfile
+
+    from .synthetic import make_dataset
+    from .training.config import TrainConfig
+    from .training.log import read_jsonl_log
+    from .training.trainer import train
+
+    source = {"model": args.e2e_model} if args.e2e_model else {"config": args.preset}
+    image_size = MiniMindVConfig.from_preset(args.preset).vision_config.image_size if not args.e2e_model else None
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="minimind-e2e-") as tmp:
+        if image_size is None:
+            from transformers import AutoConfig
+
+            image_size = AutoConfig.from_pretrained(args.e2e_model).vision_config.image_size
+        make_dataset(Path(tmp) / "data", args.e2e_rows, 8, seed=0, image_size=image_size)
+        for packing in (False, True):
+            output = Path(tmp) / ("packed" if packing else "padded")
+            config = TrainConfig(
+                **source, stage="sft", data=str(Path(tmp) / "data" / "sft.jsonl"), output=str(output),
+                max_steps=args.warmup_steps + args.train_steps, batch_size=args.e2e_batch_size, lr=1e-5,
+                warmup_ratio=0.0, mixed_precision="bf16" if device.type == "cuda" else "no", packing=packing,
+                num_workers=args.num_workers, compile=None if not args.no_compile else False, seed=0,
+            )
+            metrics = train(config)
+            steps = read_jsonl_log(output / "train_log.jsonl")[args.warmup_steps:]
+            results["packed" if packing else "padded"] = {
+                "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steps) if steps else None,
+                "steps_timed": len(steps), "final_loss": metrics["final_loss"],
+                "run_tokens_per_s": metrics["tokens_per_s"],
+            }
+            _release(device)
+    padded, packed = results["padded"]["tokens_per_s"], results["packed"]["tokens_per_s"]
+    results["packing_speedup"] = packed / padded if padded and packed else None
+    return results
 
 
 def ratio(results, a, b, *path):
@@ -291,6 +357,8 @@ def run_benchmark(args) -> dict:
         systems["llava_eager"] = ("llava", False, False, False)
         systems["llava_best"] = ("llava", can_compile, True, True)
     wanted = args.systems.split(",")
+    if "e2e" in args.modes.split(","):  # first: it runs the trainer, which builds its own model
+        results["minimind_e2e"] = measure_end_to_end(args, device)
     with torch.autocast(device.type, enabled=False) if device.type == "cuda" else nullcontext():
         for name, (system, compile_train, fused, static_gen) in systems.items():
             if name not in wanted:
@@ -302,6 +370,9 @@ def run_benchmark(args) -> dict:
         "train_tokens_per_s_vs_llava_eager": ratio(results, "minimind", "llava_eager", "train", "tokens_per_s"),
         "train_peak_mem_vs_llava_best": ratio(results, "minimind", "llava_best", "train", "peak_mem_gib"),
     }
+    e2e, step = results.get("minimind_e2e", {}), results.get("minimind", {}).get("train", {})
+    if e2e.get("padded", {}).get("tokens_per_s") and step.get("tokens_per_s"):
+        results["ratios"]["e2e_padded_vs_step"] = e2e["padded"]["tokens_per_s"] / step["tokens_per_s"]
     for b in args.gen_batch.split(","):
         for ref in ("llava_best", "llava_eager"):
             results["ratios"][f"generate_batch{b}_vs_{ref}"] = ratio(

@@ -22,14 +22,24 @@ class VLMCollator:
       resets and builds a block-diagonal causal mask. The first label of every row is -100, so no token is trained
       to predict the next row's first token (in padded mode the label shift drops it anyway: losses match).
 
+    ``pad_to_multiple_of`` rounds the batch length up (padded: more padding; packed: one trailing all-padding row of
+    its own), so a compiled step sees few distinct shapes and does not recompile for every batch.
+
     ``pixel_values`` are concatenated in order of appearance. Plain-int entries ``num_tokens`` (real tokens) and
     ``num_targets`` (tokens that are prediction targets after the shift) let the trainer weight losses without
     touching tensors; it removes them, and ``skipped``, before calling the model.
     """
 
-    def __init__(self, pad_token_id: int, packing: bool = False):
+    def __init__(self, pad_token_id: int, packing: bool = False, pad_to_multiple_of: int | None = None):
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
         self.pad_token_id = pad_token_id
         self.packing = packing
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def _rounded(self, length: int) -> int:
+        multiple = self.pad_to_multiple_of or 1
+        return -(-length // multiple) * multiple
 
     def __call__(self, items: list[dict]) -> dict:
         skipped = Counter(item["skip"] for item in items if "skip" in item)
@@ -45,11 +55,18 @@ class VLMCollator:
             labels = torch.cat([item["labels"] for item in items])
             starts = torch.tensor([0] + lengths[:-1]).cumsum(0)
             labels[starts] = IGNORE_INDEX
-            batch["input_ids"] = torch.cat([item["input_ids"] for item in items]).unsqueeze(0)
-            batch["position_ids"] = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+            input_ids = torch.cat([item["input_ids"] for item in items])
+            positions = [torch.arange(n) for n in lengths]
+            pad = self._rounded(sum(lengths)) - sum(lengths)
+            if pad:  # a trailing row of padding: its own document (positions restart), never a target
+                input_ids = torch.cat([input_ids, torch.full((pad,), self.pad_token_id, dtype=torch.long)])
+                labels = torch.cat([labels, torch.full((pad,), IGNORE_INDEX, dtype=torch.long)])
+                positions.append(torch.arange(pad))
+            batch["input_ids"] = input_ids.unsqueeze(0)
+            batch["position_ids"] = torch.cat(positions).unsqueeze(0)
             batch["labels"] = labels.unsqueeze(0)
         else:
-            size = (len(items), max(lengths))
+            size = (len(items), self._rounded(max(lengths)))
             input_ids = torch.full(size, self.pad_token_id, dtype=torch.long)
             labels = torch.full(size, IGNORE_INDEX, dtype=torch.long)
             attention_mask = torch.zeros(size, dtype=torch.long)

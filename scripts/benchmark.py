@@ -3,6 +3,9 @@
     python scripts/benchmark.py --preset qwen3-0.6b --device cuda --compare-hf      # the H100 comparison
     python scripts/benchmark.py --preset tiny --device cpu --compare-hf             # smoke test
 
+`--modes e2e` runs scripts/train.py's own loop (processing.training.trainer) on synthetic shapes data, padded and
+packed, and reports the tokens/s its log records; `train` times the same step function on a fixed batch.
+
 Both models are random-init, bf16 on GPU (fp32 on CPU), same vision tower (the preset's CLIP), same decoder shapes,
 same projector. Measured per system: an SFT training step (vision frozen, decoder + projector trained, AdamW) in
 tokens/s, MFU against --peak-tflops and peak memory; `generate` tokens/s at each --gen-batch (prompt = one image +
@@ -24,7 +27,9 @@ def parse_args(argv=None):
     p.add_argument("--preset", default="qwen3-0.6b")
     p.add_argument("--device", default="cuda")
     p.add_argument("--compare-hf", action="store_true", help="also run transformers' LlavaForConditionalGeneration")
-    p.add_argument("--modes", default="train,generate", help="comma list of train, generate")
+    p.add_argument("--modes", default="train,generate",
+                   help="comma list of train (the trainer's step on a fixed batch), generate, e2e (scripts/train.py's "
+                        "loop on synthetic data, padded and packed)")
     p.add_argument("--systems", default="minimind,llava_eager,llava_best",
                    help="comma list of minimind, llava_eager, llava_best (the last two need --compare-hf)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -40,6 +45,12 @@ def parse_args(argv=None):
     p.add_argument("--no-compile", action="store_true", help="skip every torch.compile (eager only)")
     p.add_argument("--profile", action="store_true", help="write a Chrome trace of minimind training steps")
     p.add_argument("--profile-dir", default="benchmark_profile")
+    p.add_argument("--e2e-model", default=None,
+                   help="e2e: a save_pretrained folder to train (default: a fresh model of --preset with the "
+                        "project's tokenizer)")
+    p.add_argument("--e2e-rows", type=int, default=3000, help="e2e: synthetic training images")
+    p.add_argument("--e2e-batch-size", type=int, default=32, help="e2e: rows per step")
+    p.add_argument("--num-workers", type=int, default=8, help="e2e: DataLoader workers")
     p.add_argument("--json-out", default=None)
     return p.parse_args(argv)
 

@@ -41,3 +41,22 @@ def test_packed_and_padded_batches_give_same_loss_and_gradients(tiny_processor, 
     leaky = dict(packed, position_ids=torch.arange(packed["input_ids"].shape[1]).unsqueeze(0))
     leaky_loss, _ = loss_and_grads(leaky)
     assert abs(leaky_loss.item() - loss_pad.item()) > 1e-4
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_padding_to_a_multiple_changes_shapes_but_not_the_loss(tiny_processor, shapes_data, packing):
+    """pad_to_multiple_of (used with a compiled step) adds only positions that are neither attended to by real tokens
+    nor targets: same loss, same token and target counts."""
+    dataset = VLMDataset(shapes_data / "sft.jsonl", tiny_processor)
+    items = [dataset[i] for i in range(5)]
+    model = tiny_model(seed=2, initializer_range=0.3).float().eval()
+    plain = VLMCollator(0, packing=packing)(items)
+    rounded = VLMCollator(0, packing=packing, pad_to_multiple_of=64)(items)
+    assert rounded["input_ids"].shape[1] % 64 == 0 and rounded["input_ids"].shape[1] > plain["input_ids"].shape[1]
+    assert (rounded["num_tokens"], rounded["num_targets"]) == (plain["num_tokens"], plain["num_targets"])
+
+    def loss(batch):
+        with torch.no_grad():
+            return model(**{k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}).loss
+
+    torch.testing.assert_close(loss(rounded), loss(plain), rtol=1e-6, atol=1e-6)

@@ -12,7 +12,7 @@ SHARED = {
     "--model": None, "--data": None, "--image-root": None, "--output": None, "--epochs": 1, "--max-steps": 0,
     "--batch-size": 16, "--grad-accum": 1, "--lr": 2e-4, "--weight-decay": 0.01, "--warmup-ratio": 0.03,
     "--max-grad-norm": 1.0, "--max-length": None, "--seed": 42, "--gradient-checkpointing": False,
-    "--num-workers": 0, "--save-steps": 0,
+    "--num-workers": 0, "--save-steps": 0, "--compile": None,
 }
 ACCELERATE_ONLY = {
     "--config": None, "--stage": "sft", "--train": None, "--eval-data": None, "--projector-lr": None,
@@ -39,6 +39,7 @@ def test_flag_names_and_defaults_are_the_contract(trainer, expected):
         {"--data", "--output"} | ({"--model"} if trainer == TRL else set()))
     assert flags["--gradient-checkpointing"].option_strings == ["--gradient-checkpointing",
                                                                "--no-gradient-checkpointing"]
+    assert flags["--compile"].option_strings == ["--compile", "--no-compile"]
 
 
 def test_shared_flags_are_one_definition():

@@ -89,6 +89,8 @@ class TrainConfig:
                               trainers=(TRL,), action=argparse.BooleanOptionalAction)
     gradient_checkpointing: bool = _flag(False, "recompute activations in the backward pass (less memory)",
                                          action=argparse.BooleanOptionalAction)
+    compile: bool | None = _flag(None, "torch.compile the training step (default: on with a CUDA GPU, off on CPU)",
+                                 action=argparse.BooleanOptionalAction)
     num_threads: int | None = _flag(None, "torch CPU threads per process (tiny models on a busy CPU often run "
                                           "fastest with 1)", trainers=(ACCELERATE,), type=int)
 

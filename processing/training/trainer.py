@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -45,30 +45,12 @@ from .loading import load_model_and_processor
 from .log import JsonlLog
 from .optim import build_optimizer, build_param_groups, warmup_cosine_schedule
 from .parts import STAGE_PARTS, log_parameter_report, parameter_report, parse_parts, set_trainable
+from .step import StepResult, TrainStep, compile_for_training, resolve_compile, token_loss
 
 logger = logging.getLogger(__name__)
 
 # Settings a resumed run must share with the run that wrote the checkpoint for the data position to mean the same.
 RESUME_INVARIANTS = ("seed", "batch_size", "grad_accum", "packing", "num_processes", "data")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# MoE balance loss: the one place in this trainer that knows how the model reports it. The model follows Mixtral's
-# contract: with labels and router logits, `out.aux_loss` is router_aux_loss_coef x the balance loss and `out.loss`
-# already includes it.
-# ----------------------------------------------------------------------------------------------------------------------
-
-def micro_batch_loss(out, n_micro_batches: int) -> torch.Tensor:
-    """The loss to backpropagate for one micro-batch: its token loss plus the balance loss once per optimizer step
-    (not once per micro-batch)."""
-    if out.aux_loss is None:
-        return out.loss
-    return out.loss - out.aux_loss + out.aux_loss / n_micro_batches
-
-
-def token_loss(out) -> torch.Tensor:
-    """The token loss alone (what evaluation reports), without any balance loss."""
-    return out.loss - out.aux_loss if out.aux_loss is not None else out.loss
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -151,6 +133,8 @@ def _accelerator(config: TrainConfig, output: Path) -> Accelerator:
         mixed_precision=config.mixed_precision,
         log_with=None if config.log_with == "none" else config.log_with,
         project_dir=str(output),
+        # Batches come from pinned memory (see _loader): copy them to the GPU without blocking the host.
+        dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
         # Text-only batches leave the projector (and a trained vision tower) without gradients; DDP must allow that.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
@@ -188,6 +172,14 @@ def _datasets(config: TrainConfig, processor, max_length: int) -> tuple[VLMDatas
     return dataset, eval_dataset
 
 
+def _loader(config: TrainConfig, dataset, sampler, collator) -> DataLoader:
+    """Batches in pinned memory on a GPU machine (asynchronous copies), prefetched by the workers when there are any."""
+    workers = config.num_workers
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collator,
+                      num_workers=workers, persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+                      pin_memory=torch.cuda.is_available())
+
+
 def setup(config: TrainConfig) -> tuple[Run, Path | None]:
     """Build the run (output folder, model, data, optimizer, schedule) and find the checkpoint to resume from."""
     output = Path(config.output).resolve()
@@ -209,14 +201,22 @@ def setup(config: TrainConfig) -> tuple[Run, Path | None]:
     log_parameter_report(parameters, logger)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.packing and torch.cuda.is_available():
+        # Packed rows need a document mask: FlexAttention builds it as a block mask over the position resets and
+        # skips the blocks across documents, where sdpa would get a dense [T, T] mask and a slower kernel.
+        model.model.language_model.set_attn_implementation("flex_attention")
+        logger.info("packing: the decoder attends through FlexAttention with a per-document block mask")
+    compiled = resolve_compile(config.compile)
+    if compiled:
+        compile_for_training(model)
     model.train()
 
     max_length = config.max_length or model.config.get_text_config().max_position_embeddings
     dataset, eval_dataset = _datasets(config, processor, max_length)
-    collator = VLMCollator(dataset.pad_token_id, packing=config.packing)
+    # Compiled: round lengths up so the step sees few distinct shapes (each new one would recompile).
+    collator = VLMCollator(dataset.pad_token_id, packing=config.packing, pad_to_multiple_of=64 if compiled else None)
     sampler = EpochSampler(len(dataset), seed=config.seed)
-    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collator,
-                        num_workers=config.num_workers, persistent_workers=config.num_workers > 0)
+    loader = _loader(config, dataset, sampler, collator)
 
     groups = build_param_groups(model, config.lr, config.weight_decay, config.projector_lr)
     optimizer = build_optimizer(groups, config.lr)
@@ -284,20 +284,13 @@ def _windows(iterable, size: int):
         yield chunk
 
 
-@dataclass
-class StepResult:
-    loss: float
-    lr: float
-    num_tokens: int
-    grad_norm: float | None
-
-
 class _Stepper:
-    """One optimizer step over a window of micro-batches (remembers the last good batch for DDP stand-ins)."""
+    """Counts a window's tokens and skipped rows, then runs the shared TrainStep on it."""
 
     def __init__(self, run: Run):
         self.run = run
-        self.last_good_batch = None
+        self.step = TrainStep(run.accelerator, run.model, run.optimizer, run.scheduler, run.trainable,
+                              run.config.max_grad_norm)
 
     def _counts(self, window: list[dict]) -> tuple[int, int]:
         """(target tokens, real tokens) of the window over all processes; records lazily skipped rows."""
@@ -314,38 +307,8 @@ class _Stepper:
         return num_targets, num_tokens
 
     def __call__(self, window: list[dict]) -> StepResult:
-        run, accelerator = self.run, self.run.accelerator
-        world = accelerator.num_processes
         num_targets, num_tokens = self._counts(window)
-        # Every micro-batch's loss is a sum over its targets divided by the window's target count, so a step's
-        # gradient is the token mean over the whole window, whatever the split into micro-batches (x world: DDP
-        # averages over processes).
-        denominator = max(num_targets, 1) / world
-        loss_sum = torch.zeros((), device=accelerator.device)
-        for index, batch in enumerate(window):
-            weight = 1.0
-            if "input_ids" not in batch:  # every row of this micro-batch failed to load
-                if world == 1 or self.last_good_batch is None:
-                    continue
-                batch, weight = self.last_good_batch, 0.0  # other processes wait for this one's gradients
-            else:
-                self.last_good_batch = batch
-            sync = index == len(window) - 1 or world == 1
-            with nullcontext() if sync else accelerator.no_sync(run.model):
-                out = run.model(**batch, num_items_in_batch=denominator)
-                loss = micro_batch_loss(out, len(window)) * weight
-                accelerator.backward(loss)
-            loss_sum += loss.detach()
-        lr = run.optimizer.param_groups[0]["lr"]  # the lr this step uses (the scheduler moves it afterwards)
-        grad_norm = None
-        if run.config.max_grad_norm > 0:
-            grad_norm = float(accelerator.clip_grad_norm_(run.trainable, run.config.max_grad_norm))
-        run.optimizer.step()
-        run.scheduler.step()
-        run.optimizer.zero_grad(set_to_none=True)
-        if world > 1:
-            loss_sum = accelerator.reduce(loss_sum, "mean")
-        return StepResult(loss_sum.item(), lr, num_tokens, grad_norm)
+        return self.step(window, num_targets, num_tokens)
 
 
 @torch.no_grad()
@@ -387,18 +350,32 @@ class Progress:
     start: float = field(default_factory=time.perf_counter)
 
 
-def _log_step(run: Run, result: StepResult, epoch: int, batch_in_epoch: int, seconds: float, bar) -> None:
+@dataclass
+class _PendingLog:
+    """A finished step's record, written once the next step has been queued: reading its loss then costs no wait."""
+
+    step: int
+    result: StepResult
+    epoch: int
+    batch_in_epoch: int
+    seconds: float
+
+
+def _log_step(run: Run, pending: _PendingLog, progress: Progress, bar) -> None:
+    result = pending.result
+    loss, grad_norm = result.numbers()
+    progress.last_loss = loss
     record = {
-        "step": run.state.global_step, "loss": result.loss, "lr": result.lr,
-        "tokens_per_s": result.num_tokens / max(seconds, 1e-9),
-        "epoch": round(epoch + batch_in_epoch / run.plan.batches_per_epoch, 4),
+        "step": pending.step, "loss": loss, "lr": result.lr,
+        "tokens_per_s": result.num_tokens / max(pending.seconds, 1e-9),
+        "epoch": round(pending.epoch + pending.batch_in_epoch / run.plan.batches_per_epoch, 4),
     }
-    if result.grad_norm is not None:
-        record["grad_norm"] = result.grad_norm
+    if grad_norm is not None:
+        record["grad_norm"] = grad_norm
     run.train_log.write(record)
     if run.accelerator.log_with:
-        run.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=run.state.global_step)
-    bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{result.lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}",
+        run.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=pending.step)
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{result.lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}",
                     refresh=False)
     bar.update(1)
 
@@ -419,6 +396,12 @@ def _train_epochs(run: Run) -> Progress:
     bar = tqdm(total=plan.total_steps, initial=state.global_step, desc="train", dynamic_ncols=True,
                disable=not run.accelerator.is_local_main_process)
     step_start = time.perf_counter()
+    pending: list[_PendingLog] = []  # at most one: the step whose numbers are read after the next one is queued
+
+    def flush():
+        while pending:
+            _log_step(run, pending.pop(), progress, bar)
+
     start_epoch, start_batch = state.epoch, state.batch_in_epoch
     for epoch in range(start_epoch, plan.num_epochs):
         if state.global_step >= plan.total_steps and epoch > start_epoch:
@@ -437,14 +420,16 @@ def _train_epochs(run: Run) -> Progress:
             state.tokens_seen += result.num_tokens
             progress.steps += 1
             progress.tokens += result.num_tokens
-            progress.last_loss = result.loss
             now = time.perf_counter()
-            _log_step(run, result, epoch, batch_in_epoch, now - step_start, bar)
+            flush()  # the previous step: finished on the device by now, this step's work is queued behind it
+            pending.append(_PendingLog(state.global_step, result, epoch, batch_in_epoch, now - step_start))
             step_start = now
             if config.save_steps > 0 and state.global_step % config.save_steps == 0:
+                flush()  # the log holds every step a checkpoint covers
                 save_checkpoint(run, epoch, batch_in_epoch)
             if state.global_step >= plan.total_steps:
                 break
+        flush()
         if batch_in_epoch >= plan.batches_per_epoch:  # the epoch ran to its end
             state.epoch, state.batch_in_epoch = epoch + 1, 0
             if run.eval_dataset is not None:
@@ -508,5 +493,5 @@ def train(config: TrainConfig) -> dict:
 
 __all__ = [
     "Plan", "RESUME_INVARIANTS", "Run", "State", "cpu_multiprocess", "evaluate", "local_main_process",
-    "micro_batch_loss", "save_checkpoint", "setup", "token_loss", "train",
+    "save_checkpoint", "setup", "train",
 ]

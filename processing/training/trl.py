@@ -42,6 +42,7 @@ from ..templating import encode_rows
 from .config import TRL, TrainConfig
 from .loading import load_model_and_processor
 from .parts import STAGE_PARTS, log_parameter_report, parameter_report, set_trainable
+from .step import resolve_compile
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +217,7 @@ def sft_config(config: TrainConfig) -> SFTConfig:
         bf16=bf16,  # TRL defaults to True, which CPUs run slowly
         # Trainer refuses bf16 without an accelerator unless told that CPU is intended.
         use_cpu=bf16 and not torch.accelerator.is_available(),
+        torch_compile=resolve_compile(config.compile),  # as scripts/train.py: on with a CUDA GPU unless --no-compile
         # TRL defaults to True; transformers 5.2x renamed the field (the old name only warns).
         **{_CHECKPOINTING_FIELD: config.gradient_checkpointing},
         # The dataset drops rows longer than --max-length; truncating in the collator could split an image block.
