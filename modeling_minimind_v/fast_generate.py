@@ -22,7 +22,8 @@ FAST_KWARGS = {
     "input_ids", "attention_mask", "pixel_values", "max_new_tokens", "min_new_tokens", "do_sample", "temperature",
     "top_k", "top_p", "eos_token_id", "pad_token_id", "cache_implementation", "use_cache",
 }
-EOS_CHECK_EVERY = 16  # steps between host checks for "every row has finished"
+STEPS_PER_GRAPH = 8  # decode steps captured in one CUDA graph: one replay (and one host round trip) per 8 tokens
+EOS_CHECK_EVERY = 16  # steps between host checks for "every row has finished" (a multiple of STEPS_PER_GRAPH)
 
 
 class MiniMindStaticCache(StaticCache):
@@ -48,26 +49,34 @@ class FastDecoder:
         self.model, self.max_length = model, max_length
         self.language_model = model.model.language_model
         self.do_sample, self.temperature, self.top_k, self.top_p = sampling
-        self.cache = MiniMindStaticCache(config=model.config.get_text_config(), max_cache_len=max_length)
+        text = model.config.get_text_config()
+        # A request's last graph replay may run up to STEPS_PER_GRAPH - 1 steps past max_length: room for them.
+        self.cache = MiniMindStaticCache(config=text, max_cache_len=max_length + STEPS_PER_GRAPH)
+        # Allocated now (not at the first update), so the step can be captured before any request: warm-up steps
+        # then write only slots the next prefill overwrites.
+        self.cache.early_initialization(batch_size, text.num_key_value_heads, text.head_dim, dtype, device)
         self.tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.positions = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
-        self.valid = torch.ones(batch_size, max_length, dtype=torch.bool, device=device)  # False: prompt padding
+        self.valid = torch.ones(batch_size, max_length + STEPS_PER_GRAPH, dtype=torch.bool,
+                                device=device)  # False: prompt padding
         self.finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
         self.step_index = torch.zeros((), dtype=torch.long, device=device)
         self.min_new = torch.zeros((), dtype=torch.long, device=device)
         self.pad = torch.zeros((), dtype=torch.long, device=device)
         self.eos = torch.full((8,), -1, dtype=torch.long, device=device)
-        self.key_positions = torch.arange(max_length, device=device)
-        self.next_token = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.key_positions = torch.arange(max_length + STEPS_PER_GRAPH, device=device)
+        # Every chosen token, written on the device at its step index (no per-token host copy).
+        self.out_tokens = torch.zeros(batch_size, max_length + STEPS_PER_GRAPH, dtype=torch.long, device=device)
         self.dtype = dtype
         # At batch 1 a decode step is ~7 small matmuls per layer, each latency-bound: the attention and MLP modules
         # run q/k/v and gate/up as one matmul each from concatenated weights (refreshed at every request).
         self.language_model.fuse_projections()
         self.graph = None
         self.step_fn = self._step
-        self.captured = device.type == "cuda"
+        if device.type == "cuda":
+            self._capture()
         logger.info("fast static-cache decoding: batch %d, max length %d, %s", batch_size, max_length,
-                    "compiled CUDA graph" if self.captured else "eager")
+                    "compiled CUDA graph" if self.graph is not None else "eager")
 
     # -------------------------------------------------------------------------------------------- one step
     def _mask(self, query_positions: torch.Tensor) -> torch.Tensor:
@@ -99,6 +108,7 @@ class FastDecoder:
             token = (probs / torch.empty_like(probs).exponential_()).argmax(-1)
         token = torch.where(self.finished, self.pad, token)
         self.finished |= (token[:, None] == self.eos[None, :]).any(-1)
+        self.out_tokens.index_copy_(1, self.step_index.view(1), token[:, None])
         self.step_index += 1
         return token
 
@@ -114,9 +124,13 @@ class FastDecoder:
             attention_interface=eager_attention_forward,
         )
         token = self._select(self.model.lm_head(out.last_hidden_state[:, -1]).float())
-        self.next_token.copy_(token)
         self.tokens.copy_(token[:, None])
         self.positions += 1
+
+    def _steps(self):
+        """STEPS_PER_GRAPH decode steps (what one graph replay runs)."""
+        for _ in range(STEPS_PER_GRAPH):
+            self.step_fn()
 
     def _capture(self):
         try:
@@ -132,7 +146,7 @@ class FastDecoder:
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.step_fn()
+            self._steps()
         self._restore(saved)
 
     def _state(self) -> list[torch.Tensor]:
@@ -168,19 +182,17 @@ class FastDecoder:
         first = self._select(out.logits[:, -1].float())
         self.tokens.copy_(first[:, None])
         self.positions.copy_(positions[:, -1:] + 1)
-        if self.captured and self.graph is None:
-            self._capture()  # after the first prefill: the cache's buffers exist and keep their addresses
 
-        generated = [first.clone()]
-        for step in range(1, max_new_tokens):
-            if step % EOS_CHECK_EVERY == 0 and bool(self.finished.all()):
+        produced, replays = 1, 0
+        while produced < max_new_tokens:
+            if replays and replays % (EOS_CHECK_EVERY // STEPS_PER_GRAPH) == 0 and bool(self.finished.all()):
                 break
             if self.graph is not None:
                 self.graph.replay()
             else:
-                self.step_fn()
-            generated.append(self.next_token.clone())
-        new_tokens = torch.stack(generated, dim=1)  # [b, n]
+                self._steps()
+            produced, replays = produced + STEPS_PER_GRAPH, replays + 1
+        new_tokens = self.out_tokens[:, : min(produced, max_new_tokens)].clone()  # [b, n]
         # Like transformers: stop at the step where the last row finished.
         done = torch.cumsum((new_tokens[:, :, None] == torch.tensor(eos_ids, device=new_tokens.device)).any(-1),
                             dim=1) > 0

@@ -60,6 +60,22 @@ def test_eos_padding_and_stop_match_transformers(model):
             assert eos not in reference[0, prompt_len : prompt_len + 5].tolist()
 
 
+def test_stops_replaying_once_every_row_finished(model, monkeypatch):
+    """Steps run STEPS_PER_GRAPH at a time; once every row has emitted EOS the loop stops within one EOS check."""
+    inputs = batch()
+    free = model.generate(**inputs, max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0)
+    prompt_len = inputs["input_ids"].shape[1]
+    eos = sorted({int(free[0, prompt_len + 1]), int(free[1, prompt_len + 1])})  # both rows finish by step 1
+    kwargs = dict(**inputs, max_new_tokens=60, do_sample=False, eos_token_id=eos, pad_token_id=0)
+    reference = model.generate(**kwargs)
+    runs = []
+    original = fast.FastDecoder._steps
+    monkeypatch.setattr(fast.FastDecoder, "_steps", lambda self: runs.append(1) or original(self))
+    assert torch.equal(model.generate(**kwargs, cache_implementation="static"), reference)
+    assert reference.shape[1] <= prompt_len + 2
+    assert len(runs) == fast.EOS_CHECK_EVERY // fast.STEPS_PER_GRAPH  # not the 8 runs 60 tokens would take
+
+
 def test_sampling_with_top_k_one_is_greedy_and_sampling_varies(model):
     inputs = batch()
     greedy = model.generate(**inputs, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0,
