@@ -4,8 +4,9 @@ graph replay instead of a Python pass through `generate`'s machinery.
 
 The step runs the model's own modules (`MiniMindModel.forward`, with the q/k/v and gate/up matmuls fused by the
 modules themselves, see `fuse_projections`), only the token choice is local. Used for plain greedy / sampled decoding
-of the dense model; every other `generate` call goes through transformers unchanged. On CPU the same loop runs
-eagerly (tests check it against transformers' generate token for token). Remote code: torch and transformers only.
+of the dense and the MoE model (experts as static-shape batched matmuls); every other `generate` call goes through
+transformers unchanged. On CPU the same loop runs eagerly (tests check it against transformers' generate token for
+token). Remote code: torch and transformers only.
 """
 
 import logging
@@ -208,7 +209,7 @@ def fast_generate_settings(model, kwargs: dict) -> dict | None:
     if kwargs.get("cache_implementation", config.cache_implementation) != "static":
         return None
     text = model.config.get_text_config()
-    if set(kwargs) - FAST_KWARGS or text.num_experts > 0 or text.attention_bias or model.training:
+    if set(kwargs) - FAST_KWARGS or text.attention_bias or model.training:
         return None
     if kwargs.get("use_cache") is False:
         return None

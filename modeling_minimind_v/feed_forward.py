@@ -5,7 +5,8 @@ The MoE block follows transformers' contract: it returns its hidden states and i
 them when `output_router_logits`), the experts module is called as `experts(tokens, top_k_index, top_k_weights)`
 (so serving engines can swap in fused kernels), and the balance loss is computed once, in the head, from all
 layers' router logits. For decoding, gate/up can run as one matmul from a concatenated weight the MLP owns
-(`fuse_projections`). Remote code: imports only torch and transformers.
+(`fuse_projections`), and the experts as two batched matmuls over stacked weights with static shapes (no
+data-dependent split, so the step can be captured as a CUDA graph). Remote code: imports only torch and transformers.
 """
 
 import torch
@@ -52,9 +53,24 @@ class MiniMindExperts(nn.ModuleList):
 
     def __init__(self, config):
         super().__init__([MiniMindMLP(config, config.moe_intermediate_size) for _ in range(config.num_experts)])
+        self.stacked: tuple[torch.Tensor, torch.Tensor] | None = None  # set by fuse_projections; never saved
 
-    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
+    def fuse_projections(self):
+        """(Re)build the stacked weights: gate/up [E, 2I, h] and down [E, h, I], in place when they exist."""
+        with torch.no_grad():
+            gate_up = torch.stack([torch.cat((e.gate_proj.weight, e.up_proj.weight)) for e in self])
+            down = torch.stack([e.down_proj.weight for e in self])
+        if self.stacked is None or self.stacked[0].device != gate_up.device or self.stacked[0].dtype != gate_up.dtype:
+            self.stacked = (gate_up, down)
+        else:
+            self.stacked[0].copy_(gate_up)
+            self.stacked[1].copy_(down)
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
+                fused_projections: bool = False):
         """tokens [T, h], expert ids [T, k], weights [T, k] -> weighted sum of the chosen experts' outputs [T, h]."""
+        if fused_projections and self.stacked is not None:
+            return self._static_forward(hidden_states, top_k_index, top_k_weights)
         top_k = top_k_index.shape[-1]
         flat_expert = top_k_index.reshape(-1)  # [T*k]; assignment a belongs to token a // k
         order = torch.argsort(flat_expert, stable=True)
@@ -64,6 +80,16 @@ class MiniMindExperts(nn.ModuleList):
         routed_out = torch.cat([expert(x) for expert, x in zip(self, routed_in)])  # [T*k, h]
         routed_out = routed_out * top_k_weights.reshape(-1)[order].unsqueeze(-1).to(routed_out.dtype)
         return torch.zeros_like(hidden_states).index_add_(0, token_of, routed_out)
+
+    def _static_forward(self, hidden_states, top_k_index, top_k_weights):
+        """Every expert on every token, weighted by the routing (0 for experts not chosen): the same sum with static
+        shapes. Costs E/k times the routed FLOPs, which is nothing for the few tokens of a decode step."""
+        gate_up, down = self.stacked
+        weights = torch.zeros(hidden_states.shape[0], len(self), dtype=top_k_weights.dtype,
+                              device=hidden_states.device).scatter(1, top_k_index, top_k_weights)  # [T, E]
+        gate, up = torch.einsum("th,eoh->teo", hidden_states, gate_up).chunk(2, dim=-1)  # [T, E, I] each
+        out = torch.einsum("tei,ehi->teh", self[0].act_fn(gate) * up, down)  # [T, E, h]
+        return (out * weights.unsqueeze(-1).to(out.dtype)).sum(1)
 
 
 class MiniMindSparseMoeBlock(nn.Module):
@@ -87,14 +113,23 @@ class MiniMindSparseMoeBlock(nn.Module):
             top_k_weights = top_k_weights / (top_k_weights.sum(dim=-1, keepdim=True) + 1e-20)
         return top_k_weights, top_k_index
 
-    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    def fuse_projections(self):
+        self.experts.fuse_projections()
+        for shared in self.shared_experts:
+            shared.fuse_projections()
+
+    def forward(self, hidden_states: torch.Tensor, fused_projections: bool = False,
+                **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         batch_size, seq_len, hidden = hidden_states.shape
         flat = hidden_states.reshape(-1, hidden)  # [T, h]
         router_logits = self.gate(flat)  # [T, E]
         top_k_weights, top_k_index = self.route(router_logits)
-        output = self.experts(flat, top_k_index, top_k_weights)
+        if fused_projections:
+            output = self.experts(flat, top_k_index, top_k_weights, fused_projections=True)
+        else:  # positional only: the (tokens, ids, weights) call serving engines replace with fused kernels
+            output = self.experts(flat, top_k_index, top_k_weights)
         for shared in self.shared_experts:
-            output = output + shared(flat)
+            output = output + shared(flat, fused_projections=fused_projections)
         return output.view(batch_size, seq_len, hidden), router_logits
 
 

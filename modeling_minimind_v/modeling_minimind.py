@@ -64,7 +64,8 @@ class MiniMindDecoderLayer(GradientCheckpointingLayer):
         if attentions is not None:
             attentions.append(attn_weights)
         if isinstance(self.mlp, MiniMindSparseMoeBlock):
-            mlp_out, logits = self.mlp(self.post_attention_layernorm(hidden_states))
+            mlp_out, logits = self.mlp(self.post_attention_layernorm(hidden_states),
+                                       fused_projections=fused_projections)
             if router_logits is not None:
                 router_logits.append(logits)
         else:
@@ -142,11 +143,11 @@ class MiniMindModel(MiniMindPreTrainedModel):
         self.embed_tokens = value
 
     def fuse_projections(self):
-        """Concatenated q/k/v and gate/up weights in every layer, for decoding with `fused_projections=True`."""
+        """Concatenated q/k/v and gate/up weights (stacked expert weights in MoE layers) in every layer, for
+        decoding with `fused_projections=True`."""
         for layer in self.layers:
             layer.self_attn.fuse_projections()
-            if isinstance(layer.mlp, MiniMindMLP):
-                layer.mlp.fuse_projections()
+            layer.mlp.fuse_projections()
 
     def forward(
         self,

@@ -76,6 +76,22 @@ def test_stops_replaying_once_every_row_finished(model, monkeypatch):
     assert len(runs) == fast.EOS_CHECK_EVERY // fast.STEPS_PER_GRAPH  # not the 8 runs 60 tokens would take
 
 
+def test_moe_model_takes_the_fast_path_and_matches_transformers(monkeypatch):
+    moe = tiny_model(seed=1, num_experts=4, n_shared_experts=1, num_experts_per_tok=2)
+    with torch.no_grad():
+        for p in moe.model.language_model.parameters():
+            if p.ndim > 1:
+                p.mul_(8.0)
+    calls = []
+    original = fast.fast_generate
+    monkeypatch.setattr("modeling_minimind_v.modeling_minimind_v.fast_generate",
+                        lambda m, s: calls.append(1) or original(m, s))
+    kwargs = dict(**batch(), max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    static = moe.generate(**kwargs, cache_implementation="static")
+    assert calls == [1]
+    assert torch.equal(static, moe.generate(**kwargs))
+
+
 def test_sampling_with_top_k_one_is_greedy_and_sampling_varies(model):
     inputs = batch()
     greedy = model.generate(**inputs, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0,

@@ -177,6 +177,24 @@ def test_moe_routing_matches_per_token_reference():
     torch.testing.assert_close(out.reshape(-1, 64), reference, atol=1e-5, rtol=1e-5)
 
 
+def test_moe_static_shape_experts_equal_dispatch():
+    """The decode path (every expert on every token, unchosen ones weighted 0) gives the routed dispatch's output."""
+    moe = moe_decoder().model.layers[0].mlp
+    x = torch.randn(3, 5, 64)
+    with torch.no_grad():
+        dispatched, logits = moe(x)
+        moe.fuse_projections()
+        static, static_logits = moe(x, fused_projections=True)
+        for expert in moe.experts:  # the stacked weights follow later weight updates once rebuilt
+            expert.down_proj.weight.mul_(2.0)
+        moe.fuse_projections()
+        doubled_routed = moe.experts(x.reshape(-1, 64), *reversed(moe.route(logits)))
+        doubled_static = moe.experts(x.reshape(-1, 64), *reversed(moe.route(logits)), fused_projections=True)
+    torch.testing.assert_close(static, dispatched, atol=1e-6, rtol=1e-5)
+    assert torch.equal(static_logits, logits)
+    torch.testing.assert_close(doubled_static, doubled_routed, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("masked", [False, True])
 def test_balance_loss_equals_transformers_mixtral(masked):
     from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
