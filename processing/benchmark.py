@@ -4,7 +4,9 @@
 Both models are random-init, bf16 on GPU (fp32 on CPU), same vision tower (the preset's CLIP), same decoder shapes,
 same projector. Measured per system: an SFT training step (vision frozen, decoder + projector trained, AdamW) in
 tokens/s, MFU against the peak TFLOPS and peak memory; `generate` tokens/s at each generate batch size (prompt = one
-image + text tokens, a fixed number of new tokens, greedy, EOS disabled). LLaVA runs as most users run it (eager,
+image + text tokens, a fixed number of new tokens, greedy, EOS disabled) with time to first token (vision tower +
+prefill + first token choice) and, on CUDA, a decode profile per token: GPU time, kernels, and the bytes a step must
+read (weights + KV cache) as a fraction of the measured device-to-device copy rate. LLaVA runs as most users run it (eager,
 dynamic cache) and in its best mode (torch.compile for training, static cache for generate, which compiles the
 decode step).
 """
@@ -217,8 +219,80 @@ def measure_generate(model, inputs, args, device, static):
     sync(device)
     elapsed = time.perf_counter() - start
     new = out.shape[1] - inputs["input_ids"].shape[1]
-    return {"tokens_per_s": inputs["input_ids"].shape[0] * new / elapsed, "new_tokens": new, "s": elapsed,
-            "warmup_s": warmup_s}
+    result = {"tokens_per_s": inputs["input_ids"].shape[0] * new / elapsed, "new_tokens": new, "s": elapsed,
+              "warmup_s": warmup_s, "ttft_ms": 1e3 * time_to_first_token(model, inputs, device)}
+    if device.type == "cuda":
+        result.update(decode_profile(model, inputs, kwargs, new))
+    return result
+
+
+@torch.no_grad()
+def _first_token(model, inputs):
+    """What a request costs before its first new token: vision tower + prefill of the whole prompt + the choice."""
+    return model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1)
+
+
+def time_to_first_token(model, inputs, device, repeats: int = 3) -> float:
+    """Best of `repeats` prefill passes, in seconds (the first one is a warm-up)."""
+    _first_token(model, inputs)
+    sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _first_token(model, inputs)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _kernels(prof) -> tuple[int, float]:
+    """(kernel count, summed GPU µs) of the device kernels a profile saw (CUDA-graph replays included)."""
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return len(kernels), sum(e.device_time for e in kernels)
+
+
+def copy_rate(device, gib: float = 1.0) -> float:
+    """Device-to-device copy rate in bytes/s (read + write), the practical bandwidth ceiling of a decode step."""
+    src = torch.empty(int(gib * 2**30), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(5):
+        dst.copy_(src)
+    sync(device)
+    rate = 2 * src.numel() * 5 / (time.perf_counter() - start)
+    del src, dst
+    return rate
+
+
+@torch.no_grad()
+def decode_profile(model, inputs, kwargs, new_tokens) -> dict:
+    """Per decode step: GPU µs, kernels and the fraction of the copy rate its bytes need, from a profile of a whole
+    generate call minus a profile of its prefill."""
+    device = inputs["input_ids"].device
+    activities = [torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prefill:
+        _first_token(model, inputs)
+        sync(device)
+    with torch.profiler.profile(activities=activities) as whole:
+        model.generate(**inputs, **kwargs)
+        sync(device)
+    (n_pre, t_pre), (n_all, t_all) = _kernels(prefill), _kernels(whole)
+    steps = max(new_tokens - 1, 1)
+    gpu_us = (t_all - t_pre) / steps
+    text = model.config.get_text_config()
+    head = model.lm_head.weight  # read whole every step (tied or not); the embedding is a one-row lookup
+    weight_bytes = head.numel() * head.element_size() + sum(
+        p.numel() * p.element_size() for name, p in model.model.language_model.named_parameters()
+        if "embed_tokens" not in name)
+    context = inputs["input_ids"].shape[1] + new_tokens / 2  # mean keys attended per step
+    kv_bytes = (2 * text.num_hidden_layers * text.num_key_value_heads * text.head_dim * context
+                * inputs["input_ids"].shape[0] * model.lm_head.weight.element_size())
+    rate = copy_rate(device)
+    return {"gpu_us_per_step": gpu_us, "kernels_per_step": (n_all - n_pre) / steps,
+            "bytes_per_step": weight_bytes + kv_bytes, "copy_rate_gbs": rate / 1e9,
+            "bandwidth_fraction": (weight_bytes + kv_bytes) / (gpu_us * 1e-6) / rate if gpu_us > 0 else None}
 
 
 @torch.no_grad()
@@ -323,7 +397,8 @@ def ratio(results, a, b, *path):
 
 def format_table(results, args) -> str:
     """The results as an aligned text table: one row per system."""
-    rows = [("system", "train tok/s", "MFU", "peak GiB") + tuple(f"gen b{b} tok/s" for b in args.gen_batch.split(","))]
+    rows = [("system", "train tok/s", "MFU", "peak GiB") + tuple(f"gen b{b} tok/s" for b in args.gen_batch.split(","))
+            + tuple(f"TTFT b{b} ms" for b in args.gen_batch.split(","))]
     for name in ("minimind", "llava_eager", "llava_best"):
         if name not in results:
             continue
@@ -333,6 +408,8 @@ def format_table(results, args) -> str:
         rows.append((name, f"{t.get('tokens_per_s', float('nan')):,.0f}", f"{t.get('mfu', float('nan')):.1%}",
                      f"{t['peak_mem_gib']:.1f}" if t.get("peak_mem_gib") is not None else "-")
                     + tuple(f"{g.get(f'batch{b}', {}).get('tokens_per_s', float('nan')):,.1f}"
+                            for b in args.gen_batch.split(","))
+                    + tuple(f"{g.get(f'batch{b}', {}).get('ttft_ms', float('nan')):,.1f}"
                             for b in args.gen_batch.split(",")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows)

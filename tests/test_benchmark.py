@@ -16,6 +16,7 @@ def test_tiny_benchmark_measures_both_systems():
     results = run_benchmark(args)
     for system in ("minimind", "llava_eager"):
         assert results[system]["train"]["tokens_per_s"] > 0 and results[system]["generate"]["batch1"]["new_tokens"] == 3
+        assert 0 < results[system]["generate"]["batch1"]["ttft_ms"] < 1e3 * results[system]["generate"]["batch1"]["s"]
     assert "llava_best" not in results and results["image_tokens"] == 9
     assert results["ratios"]["train_tokens_per_s_vs_llava_eager"] == pytest.approx(
         results["minimind"]["train"]["tokens_per_s"] / results["llava_eager"]["train"]["tokens_per_s"])
