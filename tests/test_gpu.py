@@ -2,9 +2,10 @@
 
 * scripts/train.py end to end in bf16 (fp32 master weights), compiled and eager, padded and packed: the loss falls,
   checkpoints are written, a run killed mid-way resumes to the same losses (within bf16 noise) and weights.
+* FSDP2 through `accelerate launch` on one process: the plain run's losses, a loadable full save, resume.
 * packed batches (FlexAttention with a per-document block mask) give the padded batch's loss and gradients.
 * scripts/train_sft_trl.py in bf16 with LoRA (when trl is installed).
-* compiled static-cache decoding (the CUDA-graph decoder) against eager greedy decoding; the compiled training
+* compiled static-cache decoding (the CUDA-graph decoder, dense and MoE) against eager greedy decoding; the compiled training
   step against the eager one; the chunked loss in bf16.
 
 Run on a GPU machine: `python -m pytest tests/test_gpu.py -q`.
@@ -12,6 +13,7 @@ Run on a GPU machine: `python -m pytest tests/test_gpu.py -q`.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,9 +28,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 TRAIN = [sys.executable, str(REPO_ROOT / "scripts" / "train.py")]
 
 
-def small_model():
+def small_model(**overrides):
     return tiny_model(seed=0, hidden_size=256, num_attention_heads=8, num_key_value_heads=2,
-                      intermediate_size=512, num_hidden_layers=4).cuda()
+                      intermediate_size=512, num_hidden_layers=4, **overrides).cuda()
 
 
 def inputs(batch=2):
@@ -94,6 +96,31 @@ def test_train_script_kill_and_resume_bf16_compiled(data, tmp_path):
     torch.testing.assert_close(torch.tensor(resumed), torch.tensor(expected), rtol=2e-2, atol=2e-2)
 
 
+def test_fsdp2_one_process_trains_like_plain_run_saves_and_resumes(data, tmp_path):
+    """`accelerate launch` with configs/accelerate/fsdp.yaml on one GPU (the multi-GPU kinds are not always lent):
+    the same losses as the plain run, a full state dict that from_pretrained loads, an exact resume."""
+    from transformers import AutoModelForImageTextToText
+
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                  str(REPO_ROOT / "configs" / "accelerate" / "fsdp.yaml"), "--num_processes", "1"]
+    plain, fsdp, resumed = tmp_path / "plain", tmp_path / "fsdp", tmp_path / "resumed"
+    args = ("--save-steps", "10", "--no-compile", "--packing")
+    for output, launcher in ((plain, [sys.executable]), (fsdp, accelerate)):
+        result = subprocess.run(launcher + _train_args(data, output, *args, steps=20)[1:], capture_output=True,
+                                text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-4000:]
+    torch.testing.assert_close(torch.tensor(_losses(fsdp)), torch.tensor(_losses(plain)), rtol=2e-2, atol=2e-2)
+    model = AutoModelForImageTextToText.from_pretrained(fsdp, trust_remote_code=True)
+    assert model.config.model_type == "minimind_v"
+    # Resume from the FSDP run's step-10 checkpoint into a copy of its folder: the same last 10 losses.
+    shutil.copytree(fsdp / "checkpoint-10", resumed / "checkpoint-10")
+    result = subprocess.run(accelerate + _train_args(data, resumed, *args, "--resume", steps=20)[1:],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    torch.testing.assert_close(torch.tensor(_losses(resumed)[-10:]), torch.tensor(_losses(fsdp)[-10:]),
+                               rtol=2e-2, atol=2e-2)
+
+
 def test_packed_and_padded_batches_agree_on_gpu(data):
     from processing.collator import VLMCollator
     from processing.dataset import VLMDataset
@@ -135,10 +162,14 @@ def test_trl_script_bf16_lora(data, tmp_path):
     assert (output / "model.safetensors").is_file() and (output / "adapter").is_dir()
 
 
-def test_compiled_static_cache_generation_is_greedy_under_eager_forward():
+MOE = {"num_experts": 4, "n_shared_experts": 1, "num_experts_per_tok": 2, "moe_intermediate_size": 256}
+
+
+@pytest.mark.parametrize("overrides", [{}, MOE], ids=["dense", "moe"])
+def test_compiled_static_cache_generation_is_greedy_under_eager_forward(overrides):
     """Compiled kernels may flip near-ties of a random model, so check what matters: every token the CUDA-graph
     decoder picked is (within 1e-3) the argmax of the eager model's logits for that prefix."""
-    model = small_model().eval()
+    model = small_model(**overrides).eval()
     kwargs = dict(max_new_tokens=24, min_new_tokens=24, do_sample=False, pad_token_id=0)
     for batch in (1, 4):
         x = inputs(batch)
