@@ -59,7 +59,9 @@ def test_checkpoint_saved_with_the_flat_config_loads_with_identical_logits(name)
     with torch.no_grad():
         logits = model(input_ids=reference["input_ids"], pixel_values=reference["pixel_values"],
                        attention_mask=reference["attention_mask"]).logits
-    assert torch.equal(logits, reference["logits"])
+    # The references were computed on another machine: CPU matmul kernels differ in the last bits (seen: 1.3e-5);
+    # a weight loaded into the wrong place, or not at all, moves logits by O(1).
+    torch.testing.assert_close(logits, reference["logits"], rtol=1e-4, atol=1e-4)
     assert (model.config.text_config.num_experts > 0) == (name == "tiny_moe")
 
 
