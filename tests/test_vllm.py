@@ -218,7 +218,10 @@ def server(served):
     if kind != "dense":
         pytest.skip("the server round trip runs for the dense model")
     port = _free_port()
+    media = os.path.join(model_dir, "..", "media")  # the one folder file:// image URLs may read from
+    os.makedirs(media, exist_ok=True)
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
+               "--allowed-local-media-path", os.path.realpath(media),
                "--model-impl", "transformers", "--trust-remote-code", "--dtype", "float32", "--max-model-len", "512",
                "--enforce-eager", "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "minimind-v"]
     log = open(os.path.join(model_dir, "..", "server.log"), "w", encoding="utf-8")
@@ -240,7 +243,7 @@ def server(served):
             if time.monotonic() > deadline:
                 raise AssertionError("the server did not become healthy within 300 s")
             time.sleep(2)
-        yield url, model_dir
+        yield url, model_dir, os.path.realpath(media)
     finally:
         process.terminate()
         try:
@@ -251,21 +254,25 @@ def server(served):
 
 
 def test_openai_server_answers_chat_with_image(server, reference):
+    """A base64 data URL and a local file (inside --allowed-local-media-path) through the openai client."""
     openai = pytest.importorskip("openai", reason="the openai client is not installed")
-    url, model_dir = server
+    url, model_dir, media = server
     model, processor = reference(model_dir)
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+    images = _scene_images()[:2]
+    images[1].save(os.path.join(media, "scene.png"))
+    image_urls = [_data_url(images[0]), "file://" + os.path.join(media, "scene.png")]
     answers = []
-    for image in _scene_images()[:2]:
+    for image, image_url in zip(images, image_urls):
         reply = client.chat.completions.create(
             model="minimind-v", temperature=0.0, max_tokens=MAX_NEW_TOKENS,
-            messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _data_url(image)}},
+            messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url}},
                                                    {"type": "text", "text": QUESTION}]}],
         )
         hf_ids, *_ = _hf_greedy(model, processor, image)
         expected = processor.decode(hf_ids, skip_special_tokens=True)
         answer = reply.choices[0].message.content
-        print(f"== server: {answer!r} (generate: {expected!r})")
+        print(f"== server ({image_url[:22]}...): {answer!r}, generate: {expected!r}")
         assert answer == expected
         answers.append(answer)
     assert answers[0] != answers[1]
