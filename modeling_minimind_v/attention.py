@@ -123,9 +123,14 @@ class MiniMindAttention(nn.Module):
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)
 
-        # A caller may pin the kernel (the fast decoder does); otherwise the configured implementation.
-        attention_interface: Callable = kwargs.pop("attention_interface", None) or \
-            ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        # The configured implementation, unless a caller pins the kernel (the fast decoder does). Keep the lookup a
+        # plain assignment from ALL_ATTENTION_FUNCTIONS and the call below the only call of it: vLLM's Transformers
+        # backend finds this module's attention by reading exactly that pattern in this source.
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward)
+        pinned_interface = kwargs.pop("attention_interface", None)
+        if pinned_interface is not None:
+            attention_interface = pinned_interface
         attn_output, attn_weights = attention_interface(
             self, query, key, value, attention_mask,
             dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling, **kwargs,

@@ -226,7 +226,10 @@ class MiniMindVModel(MiniMindVPreTrainedModel):
             inputs_embeds = self.get_input_embeddings()(self.language_model._checked_ids(input_ids))
 
         image_outputs = None
-        placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
+        # Embeddings without images come from a caller that embedded the prompt itself (a serving engine such as
+        # vLLM merges the image features before calling): there are no placeholders left to look for.
+        find_placeholders = pixel_values is not None or input_ids is not None
+        placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds) if find_placeholders else None
         if pixel_values is not None and self._images_already_cached(placeholder_mask, past_key_values):
             pixel_values = None
         if pixel_values is not None:
@@ -234,7 +237,8 @@ class MiniMindVModel(MiniMindVPreTrainedModel):
                                                     output_hidden_states=output_hidden_states is not False,
                                                     output_attentions=output_attentions)
             inputs_embeds = self.merge_image_features(inputs_embeds, placeholder_mask, image_outputs.pooler_output)
-        elif not torch.compiler.is_compiling() and (past_key_values is None or past_key_values.get_seq_length() == 0):
+        elif find_placeholders and not torch.compiler.is_compiling() and \
+                (past_key_values is None or past_key_values.get_seq_length() == 0):
             if bool(placeholder_mask.any()):
                 raise ValueError(
                     f"The input has {int(placeholder_mask.sum())} image tokens (id {self.config.image_token_id}) "

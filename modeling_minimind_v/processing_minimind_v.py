@@ -19,6 +19,7 @@ import PIL.Image
 import torch
 from transformers import BatchFeature, ProcessorMixin
 from transformers.image_utils import load_image
+from transformers.processing_utils import MultiModalData
 from transformers.utils import is_numpy_array
 
 from .compat import strip_marked_control_tokens
@@ -28,6 +29,8 @@ DEFAULT_CHAT_TEMPLATE = (
     # expands it). `<image>` is converted only in string content: tools such as TRL wrap string content into a text
     # item and add their own image items, so converting inside text items would count the image twice.
     # The jinja env runs with trim_blocks/lstrip_blocks, so every newline is emitted inside {{ }}.
+    # `message['content']` (not `.get`) is what vLLM's chat-template analysis recognises as per-item content: it then
+    # hands images over as `{"type": "image"}` items (its "openai" content format) instead of dropping them.
     "{%- macro render_content(content) -%}"
     "{%- if content is none -%}"
     "{%- elif content is string -%}"
@@ -51,11 +54,11 @@ DEFAULT_CHAT_TEMPLATE = (
     "{%- if message['role'] == 'assistant' -%}"
     # The mask covers the reply and its <|im_end|> (the model must learn to stop), not the header or the newline.
     "{%- generation -%}"
-    "{{- render_content(message.get('content')) + '<|im_end|>' -}}"
+    "{{- render_content(message['content']) + '<|im_end|>' -}}"
     "{%- endgeneration -%}"
     "{{- '\n' -}}"
     "{%- else -%}"
-    "{{- render_content(message.get('content')) + '<|im_end|>' + '\n' -}}"
+    "{{- render_content(message['content']) + '<|im_end|>' + '\n' -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}"
@@ -156,6 +159,15 @@ class MiniMindVProcessor(ProcessorMixin):
     # ---------------------------------------------------------------- expansion (transformers 5.x hook)
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return self.vision_start_token + self.image_token * self.image_seq_length + self.vision_end_token
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
+        """Placeholder tokens and pixel rows per image, for serving engines (vLLM sizes its encoder budget and splits
+        `pixel_values` by these): whatever its size, an image becomes one [3, H, W] row and `image_seq_length` image
+        tokens (the vision start/end tokens around them hold no features)."""
+        if image_sizes is None:
+            return MultiModalData()
+        return MultiModalData(num_image_tokens=[self.image_seq_length] * len(image_sizes),
+                              num_image_patches=[1] * len(image_sizes))
 
     @property
     def unused_input_names(self) -> list[str]:

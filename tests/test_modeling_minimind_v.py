@@ -99,6 +99,21 @@ def test_inputs_embeds_path_equals_input_ids_path():
     torch.testing.assert_close(a, b)
 
 
+def test_embeddings_merged_by_the_caller_go_straight_to_the_decoder():
+    """A serving engine (vLLM) embeds the prompt and scatters the image features itself, then passes only
+    `inputs_embeds`: the result equals the model's own merge, and placeholders still in the embeddings (the engine's
+    profiling runs) are not an error."""
+    model = tiny_model()
+    ids = torch.tensor([prompt()])
+    features = model.get_image_features(pixels(1)).pooler_output
+    embeds = model.get_input_embeddings()(ids)
+    merged = embeds.masked_scatter((ids == IMG).unsqueeze(-1).expand_as(embeds), features)
+    torch.testing.assert_close(model(inputs_embeds=merged).logits,
+                               model(input_ids=ids, pixel_values=pixels(1)).logits)
+    text_only = model.lm_head(model.model.language_model(inputs_embeds=embeds).last_hidden_state)
+    torch.testing.assert_close(model(inputs_embeds=embeds).logits, text_only)
+
+
 def test_loss_ignores_masked_labels():
     model = tiny_model()
     ids = torch.tensor([prompt(n_images=1, n_text_after=8)])

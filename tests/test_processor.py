@@ -315,3 +315,33 @@ def test_non_image_objects(processor, text, images, name):
 def test_empty_image_rejected(processor):
     with pytest.raises(ValueError, match=r"images\[0\]: empty image"):
         processor(text=IMG, images=PIL.Image.new("RGB", (0, 4)))
+
+
+# ---------------------------------------------------------------------------------------------------- serving engines
+def test_num_multimodal_tokens_match_what_the_processor_produces(processor):
+    """vLLM sizes its encoder budget and splits `pixel_values` per image by these counts, whatever the image size."""
+    sizes = [(16, 20), (300, 7), (32, 32)]
+    counts = processor._get_num_multimodal_tokens(image_sizes=sizes)
+    images = [PIL.Image.new("RGB", (width, height), COLORS[i]) for i, (height, width) in enumerate(sizes)]
+    out = processor(text=IMG * len(images), images=images, return_tensors="pt")
+    assert sum(counts.num_image_tokens) == int((out["input_ids"][0] == processor.image_token_id).sum())
+    assert counts.num_image_tokens == [SEQ] * 3
+    assert sum(counts.num_image_patches) == out["pixel_values"].shape[0]
+    assert processor._get_num_multimodal_tokens().num_image_tokens is None
+
+
+def test_replacement_offsets_name_each_image(processor):
+    """vLLM locates every image's expansion from `text_replacement_offsets` (one image entry per placeholder)."""
+    text = f"a {IMG} b {IMG}"
+    out = processor(text=text, images=[solid_image(), solid_image()], return_text_replacement_offsets=True)
+    entries = out["text_replacement_offsets"][0]
+    assert [entry["type"] for entry in entries] == ["image", "image"]
+    assert [text[slice(*entry["span"])] for entry in entries] == [IMG, IMG]
+    expansion = processor.vision_start_token + IMG * SEQ + processor.vision_end_token
+    assert all(entry["replacement"] == expansion for entry in entries)
+
+
+def test_chat_template_reads_content_per_item():
+    """`message['content']` is what vLLM's template analysis needs to pass images as items (its "openai" format)."""
+    assert DEFAULT_CHAT_TEMPLATE.count("render_content(message['content'])") == 2
+    assert "message.get('content')" not in DEFAULT_CHAT_TEMPLATE
