@@ -15,7 +15,7 @@ import PIL.Image
 import pytest
 import torch
 
-from processing.smollm2 import SmolLM2Unavailable, ask, general_knowledge, smollm2_gguf_path
+from processing.smollm2 import GENERAL_KNOWLEDGE, SmolLM2Unavailable, general_knowledge, smollm2_gguf_path
 
 try:
     smollm2_gguf_path()
@@ -145,10 +145,18 @@ def test_greedy_generation_matches_llama_and_answers(vlm, reference):
 
 def test_general_knowledge_survives_import(vlm):
     model, processor = vlm
-    results = general_knowledge(model, processor, questions=[("What is the capital of Japan?", "Tokyo"),
-                                                             ("Who wrote Romeo and Juliet?", "Shakespeare")])
+    results = general_knowledge(model, processor, questions=GENERAL_KNOWLEDGE[2:], max_new_tokens=10)
     assert all(r["correct"] for r in results), results
-    assert "Paris" in ask(model, processor, FRANCE, max_new_tokens=8)
+
+
+def test_probe_text_cli_reports_every_question(vlm_dir):
+    process = run_script("probe_text.py", "--model", vlm_dir, "--max-new-tokens", "8", "--limit", "2")
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    lines = stdout.strip().splitlines()
+    results = [json.loads(line) for line in lines[:-1]]
+    assert [r["question"] for r in results] == [q for q, _ in GENERAL_KNOWLEDGE[:2]]
+    assert lines[-1] == "correct: 2/2", stdout
 
 
 def test_pipeline_answers_in_a_clean_environment(vlm_dir, isolated):
