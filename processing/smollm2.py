@@ -25,7 +25,7 @@ GENERAL_KNOWLEDGE = (
     ("What is the capital of Italy?", "Rome"),
     ("What is the capital of Germany?", "Berlin"),
     ("What is the capital of Spain?", "Madrid"),
-    ("Who wrote Romeo and Juliet?", "Shakespeare"),
+    ("What is the capital of the United Kingdom?", "London"),
 )
 
 

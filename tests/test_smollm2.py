@@ -145,7 +145,7 @@ def test_greedy_generation_matches_llama_and_answers(vlm, reference):
 
 def test_general_knowledge_survives_import(vlm):
     model, processor = vlm
-    results = general_knowledge(model, processor, questions=GENERAL_KNOWLEDGE[2:], max_new_tokens=10)
+    results = general_knowledge(model, processor, questions=GENERAL_KNOWLEDGE[2:], max_new_tokens=12)
     assert all(r["correct"] for r in results), results
 
 
