@@ -102,6 +102,29 @@ def test_missing_vision_tokens_get_mean_rows(work, clip_dir, tied):
         assert torch.isfinite(model(**inputs).logits).all()
 
 
+def test_end_of_turn_padding_is_replaced(work, clip_dir, tmp_path):
+    """A tokenizer padding with <|im_end|> (as SmolLM2's does) gets <|endoftext|> as pad: training never labels the
+    pad id, so <|im_end|> would otherwise never be learnt. Config, generation config and model card follow."""
+    from processing.labels import never_labelled_ids
+
+    source = llama(work, "llama_True_False", vocab_size=VOCAB)
+    folder = tmp_path / "decoder"
+    folder.mkdir()
+    for path in source.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config, "pad_token": "<|im_end|>"}))
+    assert PreTrainedTokenizerFast.from_pretrained(folder).pad_token == "<|im_end|>"
+
+    out = convert_qwen3_to_minimind_v(folder, clip_dir, tmp_path / "vlm")
+    model, processor = import_qwen3(folder, clip_dir)
+    pad_id = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert processor.tokenizer.pad_token == "<|endoftext|>"
+    assert model.config.text_config.pad_token_id == model.generation_config.pad_token_id == pad_id
+    assert processor.tokenizer.convert_tokens_to_ids("<|im_end|>") not in never_labelled_ids(processor)
+    assert "The pad token is `<|endoftext|>` (the decoder's was `<|im_end|>`)" in (out / "README.md").read_text()
+
+
 def test_transformers_4_layout_and_defaults(work, tmp_path):
     """Top-level rope_theta (transformers 4) is read; absent head_dim/tie fields take LlamaConfig's defaults."""
     raw = json.loads((llama(work, "llama_True_False", vocab_size=VOCAB) / "config.json").read_text())

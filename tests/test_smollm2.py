@@ -100,6 +100,9 @@ def test_import_keeps_tokenizer_and_adds_vision_tokens(vlm, smollm2_dir, referen
     assert torch.equal(embed[:VOCAB], old)
     torch.testing.assert_close(embed[VOCAB:], old.mean(0).expand(3, -1), atol=0, rtol=0)
     assert model.lm_head.weight.data_ptr() == embed.data_ptr()  # still tied
+    # SmolLM2 pads with <|im_end|>; training never labels the pad id, so the import pads with <|endoftext|>.
+    assert original.pad_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+    assert model.config.text_config.pad_token_id == model.generation_config.pad_token_id == tokenizer.pad_token_id
     assert not model.config.text_config.qk_norm and model.config.text_config.rope_theta == 100000.0
 
     # An image prompt runs through the (random) tower and the fresh projector into the real decoder.

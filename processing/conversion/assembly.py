@@ -19,7 +19,7 @@ from accelerate import init_empty_weights
 from modeling_minimind_v import MiniMindVConfig, MiniMindVForConditionalGeneration
 from modeling_minimind_v.processing_minimind_v import DEFAULT_CHAT_TEMPLATE, MiniMindVProcessor
 
-from ..tokenizers import IMAGE_TOKEN, ensure_vlm_special_tokens
+from ..tokenizers import IMAGE_TOKEN, ensure_distinct_pad_token, ensure_vlm_special_tokens
 from ..layout import LM_HEAD, PROJECTOR_PREFIX, TOWER_PREFIX
 from .decoder import HF_DECODER_PREFIX, decoder_import_mapping
 from .decoders import decoder_family_of
@@ -75,10 +75,13 @@ def _import(qwen3_dir, vision_dir, projector_type, dtype, seed):
     vision = open_vision_checkpoint(vision_dir)
 
     tokenizer = load_tokenizer(qwen3_dir, vocab_size=decoder["vocab_size"])
+    old_pad = tokenizer.pad_token
     added = ensure_vlm_special_tokens(tokenizer)
-    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    if decoder["pad_token_id"] is None:
-        decoder["pad_token_id"] = tokenizer.pad_token_id
+    added += ensure_distinct_pad_token(tokenizer)
+    image_token_id, pad_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), tokenizer.pad_token_id
+    # The tokenizer's pad token is the one batches are padded with (and never labelled): the config follows it. An
+    # id that lies beyond the table until the resize below is set after it.
+    decoder["pad_token_id"] = pad_token_id if pad_token_id < decoder["vocab_size"] else None
     image_processor = load_image_processor(vision_dir, vision.config, vision.family)
 
     decoder["tie_word_embeddings"] = not _stores_untied_head(text_ckpt, decoder["tie_word_embeddings"])
@@ -124,8 +127,10 @@ def _import(qwen3_dir, vision_dir, projector_type, dtype, seed):
         # SmolLM2: 49152 tokens and rows, so its three vision tokens get new rows).
         resize_with_mean_rows(model, len(tokenizer))
     model.config.image_token_id = image_token_id
+    model.config.get_text_config().pad_token_id = pad_token_id
     model.config.dtype = dtype
     load_generation_config(model, qwen3_dir)
+    model.generation_config.pad_token_id = pad_token_id
     model.eval()
 
     tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE  # the tokenizer alone renders the same prompts as the processor
@@ -133,7 +138,7 @@ def _import(qwen3_dir, vision_dir, projector_type, dtype, seed):
         image_processor=image_processor, tokenizer=tokenizer, image_seq_length=config.image_seq_length
     )
     record = ImportRecord(family.name, qwen3_dir.name, vision.family.name, vision_dir.name, added, old_rows,
-                          len(tokenizer) > old_rows)
+                          len(tokenizer) > old_rows, None if tokenizer.pad_token == old_pad else (old_pad, tokenizer.pad_token))
     return model, processor, record
 
 
@@ -151,10 +156,12 @@ class ImportRecord:
     """Where an imported model came from and what changed in its vocabulary: the model card's provenance."""
 
     def __init__(self, decoder_family: str, decoder_name: str, vision_family: str, vision_name: str,
-                 added_tokens: list[str], old_rows: int, resized: bool):
+                 added_tokens: list[str], old_rows: int, resized: bool,
+                 pad_change: tuple[str | None, str] | None = None):
         self.decoder_family, self.decoder_name = decoder_family, decoder_name
         self.vision_family, self.vision_name = vision_family, vision_name
         self.added_tokens, self.old_rows, self.resized = list(added_tokens), old_rows, resized
+        self.pad_change = pad_change  # (the decoder's pad token or None, the one chosen), when they differ
 
     def model_card_section(self, new_rows: int) -> str:
         if not self.added_tokens:
@@ -166,6 +173,11 @@ class ImportRecord:
         else:
             tokens = (f"Added special tokens {', '.join(f'`{t}`' for t in self.added_tokens)} in unused rows of the "
                       f"{self.old_rows}-row embedding table (rows kept as stored in the checkpoint).")
+        if self.pad_change is not None:
+            old, new = self.pad_change
+            was = f"the decoder's was `{old}`" if old is not None else "the decoder had none"
+            tokens += (f" The pad token is `{new}` ({was}): training never labels the pad token, and batches need "
+                       "one that is not the end-of-turn token `<|im_end|>`.")
         return (
             "\n## Provenance\n\n"
             f"Imported with minimind-v's `scripts/import_qwen3.py`: decoder `{self.decoder_name}` "
