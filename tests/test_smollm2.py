@@ -15,7 +15,7 @@ import PIL.Image
 import pytest
 import torch
 
-from processing.smollm2 import GENERAL_KNOWLEDGE, SmolLM2Unavailable, general_knowledge, smollm2_gguf_path
+from processing.smollm2 import GENERAL_KNOWLEDGE, SmolLM2Unavailable, smollm2_gguf_path
 
 try:
     smollm2_gguf_path()
@@ -100,8 +100,9 @@ def test_import_keeps_tokenizer_and_adds_vision_tokens(vlm, smollm2_dir, referen
     assert torch.equal(embed[:VOCAB], old)
     torch.testing.assert_close(embed[VOCAB:], old.mean(0).expand(3, -1), atol=0, rtol=0)
     assert model.lm_head.weight.data_ptr() == embed.data_ptr()  # still tied
-    # SmolLM2 pads with <|im_end|>; training never labels the pad id, so the import pads with <|endoftext|>.
-    assert original.pad_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+    # The GGUF's tokenizer pads with <|im_end|> (transformers 5.24) or has no pad token (5.17); training never labels
+    # the pad id, so the import pads with <|endoftext|>.
+    assert original.pad_token in ("<|im_end|>", None) and tokenizer.pad_token == "<|endoftext|>"
     assert model.config.text_config.pad_token_id == model.generation_config.pad_token_id == tokenizer.pad_token_id
     assert not model.config.text_config.qk_norm and model.config.text_config.rope_theta == 100000.0
 
@@ -146,20 +147,15 @@ def test_greedy_generation_matches_llama_and_answers(vlm, reference):
     assert "Paris" in answer, answer
 
 
-def test_general_knowledge_survives_import(vlm):
-    model, processor = vlm
-    results = general_knowledge(model, processor, questions=GENERAL_KNOWLEDGE[2:], max_new_tokens=12)
-    assert all(r["correct"] for r in results), results
-
-
-def test_probe_text_cli_reports_every_question(vlm_dir):
-    process = run_script("probe_text.py", "--model", vlm_dir, "--max-new-tokens", "8", "--limit", "2")
+def test_general_knowledge_survives_import(vlm_dir):
+    """scripts/probe_text.py on the imported model: the first general-knowledge questions, all answered."""
+    process = run_script("probe_text.py", "--model", vlm_dir, "--max-new-tokens", "10", "--limit", "3")
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
     lines = stdout.strip().splitlines()
     results = [json.loads(line) for line in lines[:-1]]
-    assert [r["question"] for r in results] == [q for q, _ in GENERAL_KNOWLEDGE[:2]]
-    assert lines[-1] == "correct: 2/2", stdout
+    assert [r["question"] for r in results] == [q for q, _ in GENERAL_KNOWLEDGE[:3]]
+    assert lines[-1] == "correct: 3/3", stdout
 
 
 def test_pipeline_answers_in_a_clean_environment(vlm_dir, isolated):
