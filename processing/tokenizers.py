@@ -8,7 +8,8 @@ the tiny model preset. Its special tokens use Qwen's names, with fixed ids::
     3 <|vision_start|>       4 <|vision_end|> 5 <|image_pad|> (one per image feature)
 
 so the same processor/chat template works with this tokenizer and with a Qwen3 one. ``ensure_vlm_special_tokens``
-adds whichever of these a foreign tokenizer lacks.
+adds whichever of these a foreign tokenizer lacks; ``ensure_distinct_pad_token`` gives one that pads with
+``<|im_end|>`` (SmolLM2) or not at all (Llama 3) the pad token ``<|endoftext|>``.
 """
 
 from __future__ import annotations
@@ -124,4 +125,22 @@ def ensure_vlm_special_tokens(
         tokenizer.add_special_tokens({"extra_special_tokens": to_register}, replace_extra_special_tokens=False)
     if new:
         logger.info("added %d special tokens to the tokenizer: %s (resize embeddings)", len(new), new)
+    return new
+
+
+def ensure_distinct_pad_token(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Give ``tokenizer`` a pad token that is not ``<|im_end|>``; return the tokens that got a new id.
+
+    Training never labels the pad id (:mod:`processing.labels`), so a pad token equal to the end-of-turn token the
+    chat template trains (SmolLM2 pads with ``<|im_end|>``) would teach the model never to stop. A missing pad token
+    (Llama 3) cannot pad a batch at all. Either way ``<|endoftext|>`` becomes the pad token, added as a special token
+    if the vocabulary lacks it. A pad token that is neither is kept.
+    """
+    im_end_id = tokenizer.convert_tokens_to_ids(IM_END_TOKEN) if IM_END_TOKEN in tokenizer.get_vocab() else None
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != im_end_id:
+        return []
+    previous = tokenizer.pad_token
+    new = [] if ENDOFTEXT_TOKEN in tokenizer.get_vocab() else [ENDOFTEXT_TOKEN]
+    tokenizer.add_special_tokens({"pad_token": ENDOFTEXT_TOKEN})
+    logger.info("pad token: %s (was %s)", ENDOFTEXT_TOKEN, previous)
     return new

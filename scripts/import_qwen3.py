@@ -1,8 +1,10 @@
-"""CLI: build a MiniMind-V checkpoint from a Qwen3 decoder folder and a CLIP/SigLIP vision folder (safetensors).
+"""CLI: build a MiniMind-V checkpoint from a decoder folder (Qwen3 or Llama-architecture, e.g. SmolLM2; chosen by
+its config.json model_type) and a CLIP/SigLIP vision folder (safetensors).
 
 The projector is freshly initialised; everything else is copied strictly (any missing, unexpected or mis-shaped
-key is an error). The output folder loads with the Auto classes and `trust_remote_code=True`. On failure it prints
-one `error: ...` line on stderr, exits with status 1 and leaves no output folder behind. The conversion is
+key is an error). The decoder's tokenizer is kept; missing vision tokens are added. The output folder loads with the
+Auto classes and `trust_remote_code=True`. On failure it prints one `error: ...` line on stderr, exits with status 1
+and leaves no output folder behind; an --output that is (or contains) an input folder is refused. The conversion is
 processing/conversion/assembly.py.
 """
 
@@ -12,7 +14,8 @@ import sys
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--qwen3", required=True, help="Qwen3 folder: config.json, safetensors weights, tokenizer")
+    parser.add_argument("--qwen3", "--decoder", dest="qwen3", required=True, metavar="DIR",
+                        help="decoder folder (Qwen3 or Llama): config.json, safetensors weights, tokenizer")
     parser.add_argument("--vision", required=True,
                         help="CLIPModel / CLIPVisionModel / SiglipModel / SiglipVisionModel folder")
     parser.add_argument("--output", required=True, help="output folder (must not exist or be empty)")

@@ -102,3 +102,12 @@ def isolated(tmp_path):
         return result
 
     return _run
+
+
+def run_script(script: str, *args) -> subprocess.Popen:
+    """Start `scripts/<script>` of this checkout with this checkout's library first on the path (ahead of any
+    editable install of another copy); stdout and stderr are captured as text."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    return subprocess.Popen([sys.executable, str(REPO_ROOT / "scripts" / script), *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,105 +1,34 @@
 """Qwen3 backbone + CLIP/SigLIP tower import and Qwen3 export (processing/conversion/, scripts/import_qwen3.py,
-scripts/export_qwen3.py), checked against transformers on tiny random checkpoints built here (hidden 64, 2 layers,
-vocab 300, a ~290-token byte-level BPE tokenizer, 32 px vision towers).
+scripts/export_qwen3.py), checked against transformers on tiny random checkpoints
+(processing/conversion/random_checkpoints.py: hidden 64, 2 layers, vocab 300, a ~290-token byte-level BPE tokenizer,
+32 px vision towers). Llama decoders: test_conversion_llama.py.
 """
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import PIL.Image
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    CLIPConfig,
-    CLIPImageProcessorPil,
-    CLIPModel,
-    CLIPVisionConfig,
-    CLIPVisionModel,
-    PreTrainedTokenizerFast,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-    SiglipConfig,
-    SiglipModel,
-    SiglipVisionConfig,
-    SiglipVisionModel,
-    ViTConfig,
-    ViTModel,
-)
+from transformers import CLIPVisionModel, PreTrainedTokenizerFast, Qwen3ForCausalLM, SiglipVisionModel
 
-from conftest import REPO_ROOT, tiny_model
+from conftest import run_script, tiny_model
 from processing.conversion.assembly import convert_qwen3_to_minimind_v, import_qwen3
 from processing.conversion.qwen3 import convert_minimind_v_to_qwen3, qwen3_decoder_fields
+from processing.conversion.random_checkpoints import make_decoder, make_vision
 from processing.conversion.safetensors_io import CheckpointError, SafetensorsCheckpoint
 
-QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-VISION_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
-CORPUS = ["hello world, the cat sat on the mat. Describe the image: a red square and two blue circles."] * 8
 VOCAB = 300
 IMAGE_SIZE, PATCH = 32, 16
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-              image_size=IMAGE_SIZE, patch_size=PATCH)
-TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=99)
 
 
 # ----------------------------------------------------------------------------------------------- builders
 
 
-def make_tokenizer(folder: Path, vision_tokens: bool = True, size: int = 290) -> PreTrainedTokenizerFast:
-    """A Qwen-style tokenizer (ChatML specials, own chat template); the vision tokens only if `vision_tokens`."""
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    specials = QWEN_SPECIALS + (VISION_SPECIALS if vision_tokens else [])
-    trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    backend.train_from_iterator(CORPUS, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # replaced on import
-    tokenizer.save_pretrained(folder)
-    return tokenizer
-
-
-def make_qwen3(folder: Path, tied: bool = True, shards: bool = False, vision_tokens: bool = True,
-               vocab: int = VOCAB, seed: int = 0) -> Path:
-    tokenizer = make_tokenizer(folder, vision_tokens, size=min(290, vocab))
-    config = Qwen3Config(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 50000.0},
-        rms_norm_eps=1e-6, max_position_embeddings=512, tie_word_embeddings=tied,
-        bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(config)
-    model.save_pretrained(folder, max_shard_size="40KB" if shards else "50GB")
-    return folder
-
-
-def make_vision(folder: Path, kind: str, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    if kind == "clip_full":
-        CLIPModel(CLIPConfig(vision_config=VISION, text_config=dict(TEXT, bos_token_id=0, eos_token_id=1, pad_token_id=1),
-                             projection_dim=16)).save_pretrained(folder)
-        # Non-default settings, to show that the checkpoint's image processor config drives the processor.
-        CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-                              image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3]).save_pretrained(folder)
-    elif kind in ("clip_vision", "clip_vision_legacy"):
-        CLIPVisionModel(CLIPVisionConfig(**VISION)).save_pretrained(folder)
-        if kind == "clip_vision_legacy":  # transformers 4 wrote a CLIPVisionModel's keys under `vision_model.`
-            path = folder / "model.safetensors"
-            save_file({f"vision_model.{k}": v for k, v in load_file(path).items()}, path, metadata={"format": "pt"})
-    elif kind == "siglip_vision":
-        SiglipVisionModel(SiglipVisionConfig(**VISION)).save_pretrained(folder)
-    elif kind == "siglip_full":
-        SiglipModel(SiglipConfig(vision_config=VISION, text_config=TEXT)).save_pretrained(folder)
-    elif kind == "vit":
-        ViTModel(ViTConfig(**VISION)).save_pretrained(folder)
-    else:
-        raise ValueError(kind)
-    return folder
+def make_qwen3(folder: Path, vocab: int = VOCAB, **options) -> Path:
+    """A tiny random Qwen3 folder (processing/conversion/random_checkpoints.py)."""
+    return make_decoder(folder, "qwen3", "tiny", vocab_size=vocab, **options)
 
 
 def reference_tower(folder: Path, kind: str):
@@ -321,11 +250,6 @@ def test_vision_tower_matches_transformers(work, kind):
 # ----------------------------------------------------------------------------------------------- CLI
 
 
-def _run_script(script: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO_ROOT / "scripts" / script), *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 @pytest.fixture(scope="module")
 def cli(work, clip_dir):
     """Run every CLI case at once (each process spends seconds importing torch/transformers) and collect results."""
@@ -358,6 +282,21 @@ def cli(work, clip_dir):
     (occupied / "keep.txt").write_text("precious")
     moe_dir = root / "moe_model"
     tiny_model(use_moe=True).save_pretrained(moe_dir)
+    no_tokenizer = copy_of("no_tokenizer")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        (no_tokenizer / name).unlink(missing_ok=True)
+    # --output equal to an input, or a folder containing one, with --overwrite: refused, inputs untouched.
+    self_target = copy_of("self_target")
+    parent = root / "parent"
+    parent.mkdir()
+    nested_qwen = parent / "qwen3"
+    nested_qwen.mkdir()
+    for path in good.iterdir():
+        (nested_qwen / path.name).write_bytes(path.read_bytes())
+    vlm_self = root / "vlm_self"
+    tiny_model().save_pretrained(vlm_self)
+    protected = {name: _snapshot(folder) for name, folder in
+                 [("self_target", self_target), ("parent", parent), ("vlm_self", vlm_self), ("clip", clip_dir)]}
 
     cases = {
         "ok": ("import_qwen3.py", "--qwen3", good, "--vision", clip_dir, "--output", root / "out_ok",
@@ -372,15 +311,29 @@ def cli(work, clip_dir):
         "export_moe": ("export_qwen3.py", "--model", moe_dir, "--output", root / "out_6"),
         "bad_projector": ("import_qwen3.py", "--qwen3", good, "--vision", clip_dir, "--output", root / "out_7",
                           "--projector", "bogus"),
+        "no_tokenizer": ("import_qwen3.py", "--decoder", no_tokenizer, "--vision", clip_dir, "--output", root / "out_8"),
+        "output_is_decoder": ("import_qwen3.py", "--qwen3", self_target, "--vision", clip_dir, "--output", self_target,
+                              "--overwrite"),
+        "output_is_vision": ("import_qwen3.py", "--qwen3", good, "--vision", clip_dir, "--output", clip_dir,
+                             "--overwrite"),
+        "output_contains_decoder": ("import_qwen3.py", "--qwen3", nested_qwen, "--vision", clip_dir, "--output",
+                                    parent, "--overwrite"),
+        "export_onto_itself": ("export_qwen3.py", "--model", vlm_self, "--output", vlm_self, "--overwrite"),
     }
     outputs = {"no_weights": "out_1", "truncated": "out_2", "missing_shard": "out_3", "bad_shapes": "out_4",
-               "bad_vision": "out_5", "occupied": "occupied", "export_moe": "out_6"}
-    running = {name: _run_script(*args) for name, args in cases.items()}
+               "bad_vision": "out_5", "occupied": "occupied", "export_moe": "out_6", "no_tokenizer": "out_8"}
+    running = {name: run_script(*args) for name, args in cases.items()}
     results = {}
     for name, process in running.items():
         stdout, stderr = process.communicate(timeout=300)
         results[name] = (process.returncode, stdout, stderr)
-    return {"root": root, "results": results, "outputs": outputs, "good": good}
+    return {"root": root, "results": results, "outputs": outputs, "good": good, "protected": protected,
+            "folders": {"self_target": self_target, "parent": parent, "vlm_self": vlm_self, "clip": clip_dir}}
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative path -> bytes): what an 'untouched' check compares."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("case,message", [
@@ -391,6 +344,7 @@ def cli(work, clip_dir):
     ("bad_vision", "'vit' checkpoint; supported vision checkpoints are CLIP and SigLIP"),
     ("occupied", "already exists and is not empty (pass --overwrite"),
     ("export_moe", "mixture-of-experts"),
+    ("no_tokenizer", "has no tokenizer (none of tokenizer.json"),
 ])
 def test_cli_errors_are_one_line_and_leave_nothing(cli, case, message):
     returncode, stdout, stderr = cli["results"][case]
@@ -405,6 +359,35 @@ def test_cli_errors_are_one_line_and_leave_nothing(cli, case, message):
     else:
         assert not output.exists()
     assert not [p.name for p in root.iterdir() if p.name.startswith(".")], "temporary folders left behind"
+
+
+@pytest.mark.parametrize("case,protected", [
+    ("output_is_decoder", "self_target"), ("output_is_vision", "clip"), ("output_contains_decoder", "parent"),
+    ("export_onto_itself", "vlm_self"),
+])
+def test_cli_refuses_an_output_that_would_delete_an_input(cli, case, protected):
+    """--overwrite with --output equal to (or containing) an input folder: one error line, every input file intact."""
+    returncode, stdout, stderr = cli["results"][case]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert returncode == 1, (stdout, stderr)
+    assert len(lines) == 1 and "is (or contains) the input" in lines[0] and "would delete the input" in lines[0]
+    assert _snapshot(cli["folders"][protected]) == cli["protected"][protected]
+
+
+def test_tokenizer_without_vocabulary_is_refused(work, clip_dir, tmp_path):
+    """A folder whose tokenizer builds but encodes text to nothing (or outgrows the embeddings) is refused."""
+    from processing.conversion.safetensors_io import load_tokenizer
+
+    qwen_dir = _cached(work / "qwen_True_False", lambda p: make_qwen3(p))
+    with pytest.raises(CheckpointError, match="has 290 tokens but the decoder has only 100 embedding rows"):
+        load_tokenizer(qwen_dir, vocab_size=100)
+    config_only = tmp_path / "config_only"
+    config_only.mkdir()
+    (config_only / "config.json").write_bytes((qwen_dir / "config.json").read_bytes())
+    (config_only / "vocab.json").write_text("{}")  # a vocabulary file, but an empty vocabulary
+    (config_only / "merges.txt").write_text("")
+    with pytest.raises(CheckpointError, match="encodes 'Hello world' to no tokens"):
+        load_tokenizer(config_only)
 
 
 def test_cli_projector_choices_come_from_the_registry(cli):

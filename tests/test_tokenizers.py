@@ -170,3 +170,23 @@ def test_cli_trains_loadable_tokenizer(tmp_path):
     assert loaded.eos_token == T.IM_END_TOKEN and loaded.pad_token == T.ENDOFTEXT_TOKEN
     text = "the cat sat on a mat with ünïcödé"
     assert loaded.decode(loaded.encode(text)) == text
+
+
+@pytest.mark.parametrize("pad,specials,expected_new", [
+    ("<|im_end|>", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], []),  # SmolLM2: pads with the end of turn
+    (None, ["<|im_start|>", "<|im_end|>"], ["<|endoftext|>"]),  # Llama 3 style: no pad token, no <|endoftext|>
+])
+def test_ensure_distinct_pad_token_replaces_end_of_turn_padding(pad, specials, expected_new):
+    tok = _tiny_tokenizer(specials)
+    tok.pad_token = pad
+    before = len(tok)
+    assert T.ensure_distinct_pad_token(tok) == expected_new
+    assert tok.pad_token == T.ENDOFTEXT_TOKEN and tok.pad_token_id != tok.convert_tokens_to_ids(T.IM_END_TOKEN)
+    assert len(tok) == before + len(expected_new)
+    assert T.ensure_distinct_pad_token(tok) == []  # idempotent
+
+
+def test_ensure_distinct_pad_token_keeps_a_good_pad_token():
+    tok = _tiny_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"])
+    tok.pad_token = "<pad>"
+    assert T.ensure_distinct_pad_token(tok) == [] and tok.pad_token == "<pad>"

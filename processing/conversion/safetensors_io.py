@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -208,9 +208,19 @@ def check_materialised(model: nn.Module):
         raise CheckpointError(f"tensors left uninitialised after loading: {format_keys(meta)}")
 
 
-def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Refuse an output path that is a file, or a non-empty folder unless `overwrite`. Returns it absolute."""
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False,
+                     inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Refuse an output path that is a file, a non-empty folder unless `overwrite`, or one that is (or contains) an
+    input folder or file: replacing it would delete the inputs. Returns it absolute."""
     output_dir = Path(output_dir).absolute()
+    resolved = output_dir.resolve()
+    for source in inputs:
+        source_path = Path(source).absolute()
+        if resolved == source_path.resolve() or resolved in source_path.resolve().parents:
+            raise CheckpointError(
+                f"the output folder {output_dir} is (or contains) the input {source_path}: writing there would "
+                "delete the input; choose another output folder"
+            )
     if output_dir.exists() and not output_dir.is_dir():
         raise CheckpointError(f"{output_dir} exists and is not a directory")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
@@ -219,13 +229,15 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> 
 
 
 @contextmanager
-def atomic_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_dir(output_dir: str | os.PathLike, overwrite: bool = False,
+                      inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
     """Yield a fresh temporary folder next to `output_dir`; rename it to `output_dir` only if the block succeeds.
 
     An existing non-empty `output_dir` is refused unless `overwrite`; it is replaced only after the new folder is
-    complete. On any error the temporary folder is removed and `output_dir` is left as it was.
+    complete. On any error the temporary folder is removed and `output_dir` is left as it was. An `output_dir` that
+    is or contains one of `inputs` is refused (see `check_output_dir`).
     """
-    output_dir = check_output_dir(output_dir, overwrite)
+    output_dir = check_output_dir(output_dir, overwrite, inputs)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     # Same parent folder, hence same filesystem: the final os.replace is an atomic rename.
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
@@ -253,16 +265,37 @@ def load_generation_config(model, directory: Path):
             raise CheckpointError(f"invalid {directory / 'generation_config.json'}: {error}") from error
 
 
-def load_tokenizer(directory: Path):
+# Files from which a tokenizer with a real vocabulary can be built (fast, BPE, SentencePiece, WordPiece layouts).
+TOKENIZER_VOCAB_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt")
+_TOKENIZER_PROBE = "Hello world"
+
+
+def load_tokenizer(directory: Path, vocab_size: int | None = None):
+    """The tokenizer saved in `directory`, refused when the folder has no vocabulary file (transformers would build
+    an empty tokenizer from config.json alone, which encodes any text to no tokens), when it encodes a probe text to
+    nothing, or when it has more tokens than the decoder's `vocab_size` embedding rows."""
+    directory = Path(directory)
+    if not any((directory / name).is_file() for name in TOKENIZER_VOCAB_FILES):
+        raise CheckpointError(
+            f"{directory} has no tokenizer (none of {', '.join(TOKENIZER_VOCAB_FILES)}); copy the tokenizer files "
+            "of the checkpoint into it"
+        )
     try:
         # trust_remote_code=False: never prompt, and never run code from the folder.
-        return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
     except Exception as error:
         raise CheckpointError(f"cannot load a tokenizer from {directory}: {error}") from error
+    if not tokenizer(_TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]:
+        raise CheckpointError(f"the tokenizer in {directory} encodes {_TOKENIZER_PROBE!r} to no tokens: its "
+                              "vocabulary is empty or broken")
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise CheckpointError(f"the tokenizer in {directory} has {len(tokenizer)} tokens but the decoder has only "
+                              f"{vocab_size} embedding rows: tokenizer and weights do not belong together")
+    return tokenizer
 
 
 __all__ = [
     "CheckpointError", "DTYPES", "INDEX_FILE", "SINGLE_FILE", "SafetensorsCheckpoint", "atomic_output_dir",
     "check_key_coverage", "check_materialised", "check_output_dir", "expected_shapes", "format_keys",
-    "load_generation_config", "load_tokenizer", "parse_dtype", "read_json", "stream_into",
+    "TOKENIZER_VOCAB_FILES", "load_generation_config", "load_tokenizer", "parse_dtype", "read_json", "stream_into",
 ]
