@@ -14,6 +14,8 @@ import re
 import shutil
 from pathlib import Path
 
+from .resume_state import CheckpointError, read_json
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -108,8 +110,14 @@ def prune_checkpoints(output_dir, keep: int | None) -> None:
 
 
 def load_trainer_state(checkpoint: Path) -> dict:
-    with open(Path(checkpoint) / TRAINER_STATE, encoding="utf-8") as f:
-        return json.load(f)
+    """The trainer state of `checkpoint`; CheckpointError naming the file when it is missing, does not parse or lacks
+    the "state" / "run" objects."""
+    path = Path(checkpoint) / TRAINER_STATE
+    saved = read_json(path)
+    for key in ("state", "run"):
+        if not isinstance(saved.get(key), dict):
+            raise CheckpointError(f"{path}: no {key!r} object (not a trainer state written by this trainer)")
+    return saved
 
 
 __all__ = [
