@@ -137,18 +137,21 @@ def _rng_to_files() -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
-def _restore_rng(tensors: dict[str, torch.Tensor], meta: dict, where: Path) -> None:
+def _restore_rng(tensors: dict[str, torch.Tensor], meta: dict, tensors_path: Path, meta_path: Path) -> None:
     try:
         torch.set_rng_state(tensors["torch"])
         cuda = [tensors[f"cuda.{i}"] for i in range(len(tensors) - 1) if f"cuda.{i}" in tensors]
         if cuda and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+    except (KeyError, ValueError, TypeError, RuntimeError) as error:
+        raise CheckpointError(f"{tensors_path}: not an RNG state written by this trainer ({error!r})") from error
+    try:
         version, internal, gauss = meta["python"]
         random.setstate((version, tuple(internal), gauss))
         kind, keys, pos, has_gauss, cached = meta["numpy"]
         np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     except (KeyError, ValueError, TypeError, RuntimeError) as error:
-        raise CheckpointError(f"{where}: not an RNG state written by this trainer ({error!r})") from error
+        raise CheckpointError(f"{meta_path}: not an RNG state written by this trainer ({error!r})") from error
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -203,7 +206,8 @@ def load_training_state(folder, accelerator, model, optimizer, scheduler) -> Non
         except (KeyError, ValueError, TypeError, RuntimeError) as error:
             raise CheckpointError(f"{folder / SCALER_FILE}: not a gradient scaler state ({error!r})") from error
     tensors_name, json_name = rng_files(accelerator.process_index)
-    _restore_rng(read_tensors(folder / tensors_name), read_json(folder / json_name), folder / tensors_name)
+    _restore_rng(read_tensors(folder / tensors_name), read_json(folder / json_name), folder / tensors_name,
+                 folder / json_name)
 
 
 __all__ = [
