@@ -170,10 +170,10 @@ class MiniMindVProcessor(ProcessorMixin):
         return ["token_type_ids"]
 
     # ---------------------------------------------------------------- chat template
-    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+    def apply_chat_template(self, conversation, chat_template=None, sanitize_control_tokens=None, **kwargs):
         """`ProcessorMixin.apply_chat_template`, sanitising control tokens in the messages by default when tokenizing
         (transformers cannot sanitise untokenized output, nor together with `return_assistant_tokens_mask`)."""
-        sanitize = kwargs.pop("sanitize_control_tokens", None)
+        sanitize = sanitize_control_tokens
         can_sanitize = kwargs.get("tokenize", False) and not kwargs.get("return_assistant_tokens_mask", False)
         if sanitize is None:
             sanitize = bool(can_sanitize)
