@@ -26,7 +26,8 @@ def test_finalize_writes_state_and_marker_then_renames_into_place(tmp_path):
         (tmp / "weights.bin").write_bytes(b"x")
         final = finalize_checkpoint(tmp_path, step, {"state": {"global_step": step}, "run": {}})
         assert final.name == f"checkpoint-{step}" and not tmp.exists()
-        assert json.loads((final / COMPLETE_MARKER).read_text()) == {"step": step}
+        marker = json.loads((final / COMPLETE_MARKER).read_text())
+        assert marker["step"] == step and set(marker["sha256"]) == {"weights.bin", TRAINER_STATE}
         assert load_trainer_state(final) == {"state": {"global_step": step}, "run": {}} and (final / TRAINER_STATE).is_file()
     prune_checkpoints(tmp_path, keep=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-10", "checkpoint-15"]
@@ -141,6 +142,7 @@ def test_resume_refuses_pickled_files_without_opening_them(reference_run, tmp_pa
     (MODEL_FILE, "truncate"), (OPTIMIZER_TENSORS, "truncate"), ("rng_state_0.safetensors", "truncate"),
     (TRAINER_STATE, "garbage"), (OPTIMIZER_FILE, "garbage"), (SCHEDULER_FILE, "garbage"), ("rng_state_0.json", "garbage"),
     ("rng_state_0.json", "wrong"), (TRAINER_STATE, "wrong"), (MODEL_FILE, "missing"), ("rng_state_0.safetensors", "missing"),
+    (MODEL_FILE, "flip"), (OPTIMIZER_TENSORS, "flip"),
 ])
 def test_a_damaged_state_file_stops_the_resume_naming_it(reference_run, tmp_path, name, damage):
     target, args = _resume_copy(reference_run, tmp_path)
@@ -149,6 +151,10 @@ def test_a_damaged_state_file_stops_the_resume_naming_it(reference_run, tmp_path
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     elif damage == "garbage":
         path.write_text('{"state": [1, 2')
+    elif damage == "flip":  # one byte of tensor data: would load silently without the checksums
+        data = bytearray(path.read_bytes())
+        data[-5] ^= 0x01
+        path.write_bytes(bytes(data))
     elif damage == "wrong":
         path.write_text('{"python": 1}' if name.startswith("rng") else '{"state": {"global_step": 3}, "run": 5}')
     else:
