@@ -173,6 +173,7 @@ class MiniMindVProcessor(ProcessorMixin):
     def apply_chat_template(self, conversation, chat_template=None, sanitize_control_tokens=None, **kwargs):
         """`ProcessorMixin.apply_chat_template`, sanitising control tokens in the messages by default when tokenizing
         (transformers cannot sanitise untokenized output, nor together with `return_assistant_tokens_mask`)."""
+        self._check_conversation(conversation)
         sanitize = sanitize_control_tokens
         can_sanitize = kwargs.get("tokenize", False) and not kwargs.get("return_assistant_tokens_mask", False)
         if sanitize is None:
@@ -183,6 +184,41 @@ class MiniMindVProcessor(ProcessorMixin):
         if sanitize:
             kwargs["sanitize_control_tokens"] = True
         return super().apply_chat_template(conversation, chat_template, **kwargs)
+
+    @staticmethod
+    def _check_conversation(conversation) -> None:
+        """Raise ValueError naming the first malformed message (the template would fail deep inside jinja, or render
+        an empty conversation without complaint)."""
+        if hasattr(conversation, "messages"):
+            conversation = conversation.messages
+        if not isinstance(conversation, (list, tuple)) or not conversation:
+            raise ValueError(f"a conversation must be a non-empty list of messages, got {conversation!r:.80}")
+        batch = conversation if isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages") \
+            else [conversation]
+        for b, chat in enumerate(batch):
+            chat = getattr(chat, "messages", chat)
+            where = f"conversation[{b}]" if len(batch) > 1 else "conversation"
+            if not isinstance(chat, (list, tuple)) or not chat:
+                raise ValueError(f"{where} must be a non-empty list of messages, got {chat!r:.80}")
+            for m, message in enumerate(chat):
+                if not isinstance(message, dict):
+                    raise ValueError(f"{where}[{m}] must be a dict with 'role' and 'content', got {message!r:.80}")
+                role, content = message.get("role"), message.get("content")
+                if not isinstance(role, str) or not role:
+                    raise ValueError(f"{where}[{m}]['role'] must be a non-empty string, got {role!r:.40}")
+                if content is None or isinstance(content, str):
+                    continue
+                if not isinstance(content, (list, tuple)):
+                    raise ValueError(f"{where}[{m}]['content'] must be a string or a list of items, got "
+                                     f"{type(content).__name__}")
+                for i, item in enumerate(content):
+                    if isinstance(item, str):
+                        continue
+                    kind = item.get("type") if isinstance(item, dict) else None
+                    if kind == "text" and isinstance(item.get("text"), str) or kind == "image":
+                        continue
+                    raise ValueError(f"{where}[{m}]['content'][{i}] must be a text item with a string 'text' or "
+                                     f"an image item (MiniMind-V takes no other kinds), got {item!r:.80}")
 
     # ---------------------------------------------------------------- call
     def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs) -> BatchFeature:
