@@ -15,7 +15,7 @@ import re
 import shutil
 from pathlib import Path
 
-from .resume_state import CheckpointError, read_json
+from .resume_state import CheckpointError, load_training_state, read_json, refuse_pickles
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +152,19 @@ def load_trainer_state(checkpoint: Path) -> dict:
     return saved
 
 
+def load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler) -> dict:
+    """Resume from `checkpoint`: refuse pickles (before anything is read), verify the checksums, restore the model,
+    optimizer, schedule and RNG states, and return the trainer state. Raises CheckpointError naming a bad file."""
+    checkpoint = Path(checkpoint)
+    refuse_pickles(checkpoint)
+    verify_checkpoint(checkpoint)
+    saved = load_trainer_state(checkpoint)
+    load_training_state(checkpoint, accelerator, model, optimizer, scheduler)
+    return saved
+
+
 __all__ = [
     "CHECKPOINT_PREFIX", "COMPLETE_MARKER", "TRAINER_STATE", "checkpoint_tmp_dir", "finalize_checkpoint",
-    "is_complete_checkpoint", "latest_checkpoint", "list_checkpoints", "load_trainer_state", "prune_checkpoints",
+    "is_complete_checkpoint", "latest_checkpoint", "list_checkpoints", "load_checkpoint", "load_trainer_state", "prune_checkpoints",
     "remove_stale_tmp_dirs", "verify_checkpoint",
 ]

@@ -38,7 +38,7 @@ from ..collator import VLMCollator
 from ..dataset import EpochSampler, VLMDataset
 from .checkpoints import (
     checkpoint_tmp_dir, finalize_checkpoint, is_complete_checkpoint, latest_checkpoint, list_checkpoints,
-    load_trainer_state, prune_checkpoints, remove_stale_tmp_dirs, verify_checkpoint,
+    load_checkpoint, prune_checkpoints, remove_stale_tmp_dirs,
 )
 from .config import ACCELERATE, TrainConfig
 from .loading import load_model_and_processor
@@ -46,7 +46,7 @@ from .log import JsonlLog
 from .optim import build_optimizer, build_param_groups, warmup_cosine_schedule
 from .output import archive_logs, check_output, save_final
 from .parts import STAGE_PARTS, log_parameter_report, parameter_report, parse_parts, set_trainable
-from .resume_state import CheckpointError, load_training_state, refuse_pickles, save_training_state
+from .resume_state import CheckpointError, save_training_state
 from .step import StepResult, TrainStep, compile_for_training, resolve_compile, token_loss
 
 logger = logging.getLogger(__name__)
@@ -250,10 +250,7 @@ def _start_logs(run: Run, resume_from: Path | None) -> None:
     run.train_log = JsonlLog(run.output / "train_log.jsonl", enabled=run.main_process)
     run.eval_log = JsonlLog(run.output / "eval_log.jsonl", enabled=run.main_process)
     if resume_from is not None:
-        refuse_pickles(resume_from)  # before anything in it is read
-        verify_checkpoint(resume_from)
-        saved = load_trainer_state(resume_from)
-        load_training_state(resume_from, run.accelerator, run.model, run.optimizer, run.scheduler)
+        saved = load_checkpoint(resume_from, run.accelerator, run.model, run.optimizer, run.scheduler)
         for key in RESUME_INVARIANTS + ("total_steps",):
             if saved["run"].get(key) != run.run_info[key]:
                 logger.warning("resuming with %s=%r but the checkpoint was written with %r: the run will differ",
