@@ -25,7 +25,8 @@ from .configuration_minimind_v import MiniMindVConfig
 from .fast_generate import fast_generate, fast_generate_settings
 from .model_card import render_model_card
 from .modeling_minimind import (
-    MiniMindCausalLMOutputWithPast, MiniMindModel, MiniMindModelOutputWithPast, _flag, lm_head_outputs,
+    MiniMindCausalLMOutputWithPast, MiniMindModel, MiniMindModelOutputWithPast, _flag, check_generate_inputs,
+    lm_head_outputs,
 )
 from .projector import MiniMindVResampler, build_projector
 from .vision import patch_features
@@ -301,6 +302,7 @@ class MiniMindVForConditionalGeneration(MiniMindVPreTrainedModel, GenerationMixi
     def generate(self, *args, **kwargs):
         """transformers' `generate`; with `cache_implementation="static"` and plain greedy/sampled decoding of the
         dense model, decode steps run as one compiled CUDA graph each (see fast_generate.py)."""
+        check_generate_inputs(self, args, kwargs)  # a bad prompt is a named error, not an IndexError deep inside
         settings = None if args else fast_generate_settings(self, kwargs)
         if settings is None:
             return super().generate(*args, **kwargs)
