@@ -106,7 +106,8 @@ def neutralise_control_tokens(conversation, tokens):
         if isinstance(content, str):
             content = text(content)
         elif isinstance(content, list):
-            content = [{**item, "text": text(item["text"])} if isinstance(item, dict) and isinstance(item.get("text"), str)
+            content = [{**item, "text": text(item["text"])}
+                       if isinstance(item, dict) and isinstance(item.get("text"), str)
                        else text(item) if isinstance(item, str) else item for item in content]
         return {**m, "content": content}
 

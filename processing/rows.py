@@ -338,7 +338,8 @@ def decode_image(ref: ImageRef) -> PIL.Image.Image:
 
 
 __all__ = [
-    "BAD_JSON", "BAD_STRUCTURE", "CONTROL_TOKEN", "CORRUPT_IMAGE", "OUTSIDE_IMAGE_ROOT", "DataStats", "IMAGE_PLACEHOLDER", "ImageRef", "MISSING_IMAGE",
-    "NO_ASSISTANT", "PLACEHOLDER_MISMATCH", "ROLES", "Row", "RowError", "TEMPLATE_ERROR", "TOO_LONG", "count_images",
-    "decode_image", "fill_images", "iter_jsonl", "iter_rows", "message_text", "parse_row", "parse_rows",
+    "BAD_JSON", "BAD_STRUCTURE", "CONTROL_TOKEN", "CORRUPT_IMAGE", "DataStats", "IMAGE_PLACEHOLDER", "ImageRef",
+    "MISSING_IMAGE", "NO_ASSISTANT", "OUTSIDE_IMAGE_ROOT", "PLACEHOLDER_MISMATCH", "ROLES", "Row", "RowError",
+    "TEMPLATE_ERROR", "TOO_LONG", "count_images", "decode_image", "fill_images", "iter_jsonl", "iter_rows",
+    "message_text", "parse_row", "parse_rows",
 ]

@@ -1,12 +1,24 @@
-"""Tests for processing/training/checkpoints.py: only complete checkpoints count, oldest step first; pruning
-un-marks before deleting; a checkpoint is finalized atomically."""
+"""Tests for processing/training/checkpoints.py and resume_state.py: only complete checkpoints count, oldest step
+first; pruning un-marks before deleting; a checkpoint is finalized atomically with checksums; checkpoints hold no
+pickle and a resume refuses one unopened; a damaged state file stops the resume naming it; a resumed run with dropout
+equals the uninterrupted run."""
 
 import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
 
 from processing.training.checkpoints import (
     COMPLETE_MARKER, TRAINER_STATE, checkpoint_tmp_dir, finalize_checkpoint, latest_checkpoint, list_checkpoints,
     load_trainer_state, prune_checkpoints, remove_stale_tmp_dirs,
 )
+from processing.training.config import ACCELERATE, parse_train_args
+from processing.training.log import read_jsonl_log
+from processing.training.resume_state import (
+    MODEL_FILE, OPTIMIZER_FILE, OPTIMIZER_TENSORS, SCHEDULER_FILE, CheckpointError, refuse_pickles, rng_files,
+)
+from processing.training.trainer import train
 
 
 def test_checkpoints_without_marker_are_ignored(tmp_path):
@@ -28,7 +40,8 @@ def test_finalize_writes_state_and_marker_then_renames_into_place(tmp_path):
         assert final.name == f"checkpoint-{step}" and not tmp.exists()
         marker = json.loads((final / COMPLETE_MARKER).read_text())
         assert marker["step"] == step and set(marker["sha256"]) == {"weights.bin", TRAINER_STATE}
-        assert load_trainer_state(final) == {"state": {"global_step": step}, "run": {}} and (final / TRAINER_STATE).is_file()
+        assert load_trainer_state(final) == {"state": {"global_step": step}, "run": {}}
+        assert (final / TRAINER_STATE).is_file()
     prune_checkpoints(tmp_path, keep=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-10", "checkpoint-15"]
     checkpoint_tmp_dir(tmp_path, 20).mkdir()
@@ -39,17 +52,6 @@ def test_finalize_writes_state_and_marker_then_renames_into_place(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 # Pickle-free resume state (processing/training/resume_state.py) and bad checkpoint files
 # ---------------------------------------------------------------------------------------------------------------------
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-
-from processing.training.config import ACCELERATE, parse_train_args  # noqa: E402
-from processing.training.log import read_jsonl_log  # noqa: E402
-from processing.training.resume_state import (  # noqa: E402
-    MODEL_FILE, OPTIMIZER_FILE, OPTIMIZER_TENSORS, SCHEDULER_FILE, CheckpointError, refuse_pickles, rng_files,
-)
-from processing.training.trainer import train  # noqa: E402
 
 
 def _args(shapes_data, output, steps, *extra):
@@ -140,9 +142,9 @@ def test_resume_refuses_pickled_files_without_opening_them(reference_run, tmp_pa
 
 @pytest.mark.parametrize("name, damage", [
     (MODEL_FILE, "truncate"), (OPTIMIZER_TENSORS, "truncate"), ("rng_state_0.safetensors", "truncate"),
-    (TRAINER_STATE, "garbage"), (OPTIMIZER_FILE, "garbage"), (SCHEDULER_FILE, "garbage"), ("rng_state_0.json", "garbage"),
-    ("rng_state_0.json", "wrong"), (TRAINER_STATE, "wrong"), (MODEL_FILE, "missing"), ("rng_state_0.safetensors", "missing"),
-    (MODEL_FILE, "flip"), (OPTIMIZER_TENSORS, "flip"),
+    (TRAINER_STATE, "garbage"), (OPTIMIZER_FILE, "garbage"), (SCHEDULER_FILE, "garbage"),
+    ("rng_state_0.json", "garbage"), ("rng_state_0.json", "wrong"), (TRAINER_STATE, "wrong"), (MODEL_FILE, "missing"),
+    ("rng_state_0.safetensors", "missing"), (MODEL_FILE, "flip"), (OPTIMIZER_TENSORS, "flip"),
 ])
 def test_a_damaged_state_file_stops_the_resume_naming_it(reference_run, tmp_path, name, damage):
     target, args = _resume_copy(reference_run, tmp_path)

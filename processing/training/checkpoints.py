@@ -165,6 +165,6 @@ def load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler) -> dic
 
 __all__ = [
     "CHECKPOINT_PREFIX", "COMPLETE_MARKER", "TRAINER_STATE", "checkpoint_tmp_dir", "finalize_checkpoint",
-    "is_complete_checkpoint", "latest_checkpoint", "list_checkpoints", "load_checkpoint", "load_trainer_state", "prune_checkpoints",
-    "remove_stale_tmp_dirs", "verify_checkpoint",
+    "is_complete_checkpoint", "latest_checkpoint", "list_checkpoints", "load_checkpoint", "load_trainer_state",
+    "prune_checkpoints", "remove_stale_tmp_dirs", "verify_checkpoint",
 ]

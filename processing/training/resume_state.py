@@ -190,8 +190,8 @@ def load_training_state(folder, accelerator, model, optimizer, scheduler) -> Non
     if missing or unexpected:
         raise CheckpointError(f"{model_path}: does not fit this model (missing {sorted(missing)[:5]}, unexpected "
                               f"{sorted(unexpected)[:5]})")
-    optimizer_state = _optimizer_from_files(read_tensors(folder / OPTIMIZER_TENSORS), read_json(folder / OPTIMIZER_FILE),
-                                            folder / OPTIMIZER_FILE)
+    optimizer_state = _optimizer_from_files(read_tensors(folder / OPTIMIZER_TENSORS),
+                                            read_json(folder / OPTIMIZER_FILE), folder / OPTIMIZER_FILE)
     try:
         optimizer.load_state_dict(optimizer_state)
     except (KeyError, ValueError, TypeError, RuntimeError) as error:

@@ -6,9 +6,11 @@ model + processor that loads with ``AutoModelForImageTextToText`` / ``AutoProces
 plus ``train_log.jsonl`` (one record per optimizer step), ``eval_log.jsonl``, ``train_metrics.json`` and
 ``train_config.json``.
 
-Resumable: ``save_steps=N`` writes ``OUTPUT/checkpoint-STEP`` atomically (full Accelerate state plus the data
-position); ``resume`` continues from the latest complete one and reproduces the uninterrupted run, because the data
-order is a function of (seed, epoch) and already-consumed batches are skipped.
+Resumable: ``save_steps=N`` writes ``OUTPUT/checkpoint-STEP`` atomically (weights, optimizer, schedule and RNG
+states as safetensors + JSON, never pickle, plus the data position); ``resume`` continues from the latest complete
+one and reproduces the uninterrupted run, because the data order is a function of (seed, epoch) and
+already-consumed batches are skipped. A fresh run refuses an output folder holding a model or an earlier run's logs
+unless ``overwrite`` (which keeps the old logs as ``*.previous-N.jsonl``).
 
 Losses are token-weighted over an optimizer step: every micro-batch's loss is a sum over its prediction targets
 divided by the whole window's target count, so gradient accumulation equals one larger batch and DDP equals
@@ -268,7 +270,8 @@ def _start_logs(run: Run, resume_from: Path | None) -> None:
 
 
 def save_checkpoint(run: Run, epoch: int, batch_in_epoch: int) -> None:
-    """Write checkpoint-STEP atomically: every process saves its Accelerate state, the main process finalizes."""
+    """Write checkpoint-STEP atomically: every process saves its RNG states, the main process the model, optimizer
+    and schedule (pickle-free, resume_state.py) and finalizes."""
     step = run.state.global_step
     tmp = checkpoint_tmp_dir(run.output, step)
     accelerator = run.accelerator
