@@ -18,6 +18,7 @@ from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import logging
 
 from .attention import MiniMindRotaryEmbedding
 from .compat import cache_field, output_cache, pop_cache, prepare_cache_arg
@@ -30,6 +31,8 @@ from .modeling_minimind import (
 )
 from .projector import MiniMindVResampler, build_projector
 from .vision import patch_features
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -111,6 +114,12 @@ class MiniMindVPreTrainedModel(PreTrainedModel):
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading info) with output_loading_info
         if model.config.freeze_vision_tower:
             model.get_vision_tower().requires_grad_(False)
+        with torch.no_grad():  # NaN/Inf weights make every output meaningless: say so once, at load
+            bad = [name for name, p in model.named_parameters()
+                   if p.is_floating_point() and p.device.type != "meta" and not torch.isfinite(p).all()]
+        if bad:
+            logger.warning("%d weight tensor(s) of this checkpoint hold NaN/Inf (e.g. %s): its outputs are "
+                           "meaningless; run scripts/diagnose.py on it", len(bad), ", ".join(bad[:3]))
         return loaded
 
     def _init_weights(self, module):

@@ -276,3 +276,19 @@ def test_chat_cli_types_control_tokens_as_text(saved_dir, loaded, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     history = [chat_turn(INJECTED, solid_image((200, 30, 30), (40, 30)))]
     assert result.stdout == _sanitized_reply(*loaded, history, 6) + "\n"
+
+
+def test_pipeline_warns_about_nan_weights(saved_dir, tmp_path, caplog):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "nan"
+    import shutil
+
+    shutil.copytree(saved_dir, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    name = next(n for n in weights if "layers.0.mlp" in n)
+    weights[name][0, 0] = float("nan")
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with caplog.at_level("WARNING"):
+        pipeline("image-text-to-text", model=str(folder), trust_remote_code=True)
+    assert "1 weight tensor(s) of this checkpoint hold NaN/Inf" in caplog.text and name in caplog.text
