@@ -52,11 +52,18 @@ def _value(rng, field):
     return rng.choice(BAD_VALUES + GOOD_VALUES * 2)
 
 
+_BUILT = []  # accepted configs whose model was built and run (a few are enough; building is the slow part)
+
+
 def _forward_ok(config):
+    again = MiniMindVConfig.from_dict(config.to_dict())
+    assert again.to_dict() == config.to_dict(), "config does not survive to_dict / from_dict"
     sizes = (config.text_config.hidden_size * config.text_config.num_hidden_layers
              * max(config.text_config.intermediate_size or 1, 1))
-    if sizes > 64 * 4 * 512 or config.text_config.vocab_size > 20000 or config.vision_config.image_size > 64:
-        return "correct"  # valid but too large to build here: its consistency was checked by the config
+    if (len(_BUILT) >= 12 or sizes > 64 * 4 * 512 or config.text_config.vocab_size > 20000
+            or config.vision_config.image_size > 64):
+        return "correct"  # accepted and consistent; not built here to keep the test fast
+    _BUILT.append(config)
     torch.manual_seed(0)
     model = MiniMindVForConditionalGeneration(config).eval()
     vision = config.vision_config
@@ -68,16 +75,14 @@ def _forward_ok(config):
                                                             vision.image_size))
     assert out.logits.shape == (1, ids.shape[1], config.text_config.vocab_size)
     assert torch.isfinite(out.logits).all(), "non-finite logits from a config that was accepted"
-    again = MiniMindVConfig.from_dict(config.to_dict())
-    assert again.to_dict() == config.to_dict(), "config does not survive to_dict / from_dict"
     return "correct"
 
 
 def test_fuzz_config_values():
     rng = random.Random(2024)
     tally = Tally("config")
-    deadline = time.monotonic() + 30
-    for trial in range(160):
+    deadline = time.monotonic() + 20  # a bound for a slow machine; 120 trials take ~6 s on one busy core
+    for trial in range(120):
         if time.monotonic() > deadline:
             break
         fields = _tiny_fields()
@@ -191,7 +196,7 @@ def test_fuzz_damaged_checkpoints(checkpoint, tmp_path):
     rng = random.Random(11)
     tally = Tally("checkpoints")
     originals = {p.name: p.read_bytes() for p in folder.iterdir()}
-    deadline = time.monotonic() + 40
+    deadline = time.monotonic() + 20
     for trial in range(60):
         if time.monotonic() > deadline:
             break

@@ -45,7 +45,7 @@ def test_fuzz_generate(model):
     vocab = config.text_config.vocab_size
     image_id = config.image_token_id
     vision = config.vision_config
-    deadline = time.monotonic() + 40
+    deadline = time.monotonic() + 20
     for trial in range(100):
         if time.monotonic() > deadline:
             break
