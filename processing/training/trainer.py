@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -196,6 +196,11 @@ def setup(config: TrainConfig) -> tuple[Run, Path | None]:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     accelerator = _accelerator(config, output)
+    if accelerator.distributed_type == DistributedType.FSDP and (config.save_steps > 0 or config.resume):
+        # resume_state.py writes full tensors from the main process; FSDP's sharded parameters and optimizer state
+        # would need a gather it does not do yet (Accelerate's own FSDP checkpoints are pickles, refused on resume).
+        raise ValueError("--save-steps / --resume are not supported under FSDP yet (checkpoints are pickle-free "
+                         "safetensors + JSON of unsharded state); use configs/accelerate/ddp.yaml to checkpoint")
     resume_from = _resume_from(config, output)
     check_output(output, fresh_run=resume_from is None, overwrite=config.overwrite)
     accelerator.wait_for_everyone()  # every process checked before the main one writes anything
