@@ -9,7 +9,7 @@ only transformers and the standard library.
 import inspect
 import re
 
-from transformers import GenerationMixin
+from transformers import GenerationMixin, ProcessorMixin
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
@@ -81,7 +81,43 @@ def strip_marked_control_tokens(text: str) -> str:
     return MARKED_CONTROL_TOKEN_RE.sub("", text) if MARKED_CONTROL_TOKEN_RE is not None else text
 
 
+# Whether the installed ProcessorMixin.apply_chat_template takes `sanitize_control_tokens` (checked on the signature:
+# releases without it pass unknown keywords on to the template, silently).
+SANITIZE_SUPPORTED = "sanitize_control_tokens" in inspect.signature(ProcessorMixin.apply_chat_template).parameters
+# Inserted after the first character of a control token where the release cannot sanitise: the tokenizer then no
+# longer matches the token and encodes the text as ordinary bytes.
+WORD_JOINER = "\u2060"
+
+
+def neutralise_control_tokens(conversation, tokens):
+    """Copies of the messages (one conversation or a batch) with every control token in text content split by a WORD
+    JOINER: the fallback for releases whose `apply_chat_template` has no `sanitize_control_tokens`."""
+    if not tokens:
+        return conversation
+    pattern = re.compile("|".join(map(re.escape, sorted(tokens, key=len, reverse=True))))
+
+    def text(value):
+        return pattern.sub(lambda m: m.group(0)[0] + WORD_JOINER + m.group(0)[1:], value)
+
+    def message(m):
+        if not isinstance(m, dict):
+            return m
+        content = m.get("content")
+        if isinstance(content, str):
+            content = text(content)
+        elif isinstance(content, list):
+            content = [{**item, "text": text(item["text"])}
+                       if isinstance(item, dict) and isinstance(item.get("text"), str)
+                       else text(item) if isinstance(item, str) else item for item in content]
+        return {**m, "content": content}
+
+    if conversation and isinstance(conversation[0], (list, tuple)):
+        return [[message(m) for m in chat] for chat in conversation]
+    return [message(m) for m in conversation]
+
+
 __all__ = [
-    "CACHE_FIELD", "CACHE_NAMES", "MARKED_CONTROL_TOKEN_RE", "TRANSFORMERS_RANGE", "cache_field", "causal_mask",
-    "output_cache", "pop_cache", "prepare_cache_arg", "strip_marked_control_tokens",
+    "CACHE_FIELD", "CACHE_NAMES", "MARKED_CONTROL_TOKEN_RE", "SANITIZE_SUPPORTED", "TRANSFORMERS_RANGE", "WORD_JOINER",
+    "cache_field", "causal_mask", "neutralise_control_tokens", "output_cache", "pop_cache", "prepare_cache_arg",
+    "strip_marked_control_tokens",
 ]

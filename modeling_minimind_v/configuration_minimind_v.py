@@ -104,7 +104,7 @@ class MiniMindVConfig(PreTrainedConfig):
         fields.update(flat)  # flat decoder fields win: they are the caller's explicit overrides
         # The VLM's tie_word_embeddings is the one transformers reads; the decoder follows it.
         fields["tie_word_embeddings"] = self.tie_word_embeddings
-        return MiniMindConfig(**fields)
+        return _named_errors("text_config", MiniMindConfig, fields)
 
     @staticmethod
     def _build_vision_config(vision_config) -> PreTrainedConfig:
@@ -116,7 +116,7 @@ class MiniMindVConfig(PreTrainedConfig):
             if model_type not in CONFIG_MAPPING:
                 raise ValueError(f"Invalid MiniMindVConfig.vision_config: model_type={model_type!r} is not a "
                                  "transformers config type")
-            vision_config = CONFIG_MAPPING[model_type](**vision_dict)
+            vision_config = _named_errors("vision_config", CONFIG_MAPPING[model_type], vision_dict)
         if not isinstance(vision_config, PreTrainedConfig):
             raise ValueError(f"Invalid MiniMindVConfig.vision_config: must be a dict or a PreTrainedConfig, got "
                              f"{type(vision_config).__name__}")
@@ -187,6 +187,20 @@ class MiniMindVConfig(PreTrainedConfig):
         fields.pop("_comment", None)
         fields.update(overrides)
         return cls(**fields)
+
+
+def _named_errors(name: str, config_class, fields: dict):
+    """`config_class(**fields)`, with any validation failure raised as a ValueError that names the sub-config.
+
+    transformers validates config fields through huggingface_hub's strict dataclasses, whose errors are neither
+    ValueError nor TypeError; callers catching those would miss them."""
+    try:
+        return config_class(**fields)
+    except (ValueError, TypeError):
+        raise
+    except Exception as error:  # strict-dataclass validation errors (field types, class validators)
+        message = " ".join(str(error).split())
+        raise ValueError(f"Invalid MiniMindVConfig.{name}: {message}") from error
 
 
 __all__ = ["MiniMindVConfig"]

@@ -215,6 +215,7 @@ class MiniMindModel(MiniMindPreTrainedModel):
 
     def _checked_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token ids must index the embedding table: a bad id is a clear error, not an IndexError deep inside."""
+        check_ids_shape(input_ids)
         if input_ids.numel() == 0 or input_ids.shape[-1] == 0:
             raise ValueError(f"input_ids is empty (shape {list(input_ids.shape)}): give at least one token")
         # Skipped in training (the data pipeline checks ids against the tokenizer) and when compiling: a host sync.
@@ -255,6 +256,36 @@ def lm_head_outputs(model, hidden_states, labels, logits_to_keep, router_logits,
     return logits, loss, aux_loss
 
 
+def check_ids_shape(input_ids) -> None:
+    """input_ids must be a [batch, length] tensor of integer token ids (float or 1-D/3-D ids fail deep inside)."""
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, length], got shape {list(input_ids.shape)}")
+
+
+def check_generate_inputs(model, args, kwargs) -> None:
+    """`generate`'s input_ids checked up front (shape, dtype, emptiness, vocabulary), so a bad prompt is a named
+    ValueError/TypeError rather than an IndexError inside transformers' generation loop."""
+    input_ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
+    if input_ids is None:
+        return
+    check_ids_shape(input_ids)
+    vocab_size = model.config.get_text_config().vocab_size
+    if input_ids.numel() == 0:
+        raise ValueError(f"input_ids is empty (shape {list(input_ids.shape)}): give at least one token")
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab_size:
+        raise ValueError(f"input_ids holds token id {low if low < 0 else high}, outside the vocabulary "
+                         f"[0, {vocab_size})")
+    attention_mask = kwargs.get("attention_mask")
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask has shape {list(attention_mask.shape)} but input_ids "
+                         f"{list(input_ids.shape)}: they must match")
+
+
 class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     _tp_plan = {"lm_head": "colwise_gather_output"}
@@ -272,6 +303,10 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
         self.model = MiniMindModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    def generate(self, *args, **kwargs):
+        check_generate_inputs(self, args, kwargs)
+        return super().generate(*args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._auto_map}

@@ -18,6 +18,7 @@ from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import logging
 
 from .attention import MiniMindRotaryEmbedding
 from .compat import cache_field, output_cache, pop_cache, prepare_cache_arg
@@ -25,10 +26,13 @@ from .configuration_minimind_v import MiniMindVConfig
 from .fast_generate import fast_generate, fast_generate_settings
 from .model_card import render_model_card
 from .modeling_minimind import (
-    MiniMindCausalLMOutputWithPast, MiniMindModel, MiniMindModelOutputWithPast, _flag, lm_head_outputs,
+    MiniMindCausalLMOutputWithPast, MiniMindModel, MiniMindModelOutputWithPast, _flag, check_generate_inputs,
+    lm_head_outputs,
 )
 from .projector import MiniMindVResampler, build_projector
 from .vision import patch_features
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -110,6 +114,12 @@ class MiniMindVPreTrainedModel(PreTrainedModel):
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading info) with output_loading_info
         if model.config.freeze_vision_tower:
             model.get_vision_tower().requires_grad_(False)
+        with torch.no_grad():  # NaN/Inf weights make every output meaningless: say so once, at load
+            bad = [name for name, p in model.named_parameters()
+                   if p.is_floating_point() and p.device.type != "meta" and not torch.isfinite(p).all()]
+        if bad:
+            logger.warning("%d weight tensor(s) of this checkpoint hold NaN/Inf (e.g. %s): its outputs are "
+                           "meaningless; run scripts/diagnose.py on it", len(bad), ", ".join(bad[:3]))
         return loaded
 
     def _init_weights(self, module):
@@ -305,6 +315,7 @@ class MiniMindVForConditionalGeneration(MiniMindVPreTrainedModel, GenerationMixi
     def generate(self, *args, **kwargs):
         """transformers' `generate`; with `cache_implementation="static"` and plain greedy/sampled decoding of the
         dense model, decode steps run as one compiled CUDA graph each (see fast_generate.py)."""
+        check_generate_inputs(self, args, kwargs)  # a bad prompt is a named error, not an IndexError deep inside
         settings = None if args else fast_generate_settings(self, kwargs)
         if settings is None:
             return super().generate(*args, **kwargs)

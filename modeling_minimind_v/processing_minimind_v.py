@@ -9,20 +9,27 @@ expands to `<|vision_start|>` + `<|image_pad|>` * image_seq_length + `<|vision_e
 projected image features into the `<|image_pad|>` positions. The default chat template is ChatML, turns a literal
 `<image>` inside *string* message content into the placeholder (the project's dataset rows use `<image>`) and wraps
 each assistant reply plus its `<|im_end|>` in `{% generation %}` so `return_assistant_tokens_mask=True` works.
+
+Message text is user text: `apply_chat_template(..., tokenize=True)` encodes control tokens found in it
+(`<|im_start|>`, `<|vision_start|>`, ...) as plain text by default (`sanitize_control_tokens=True`), so typed text can
+neither open a turn nor an image slot; pass `sanitize_control_tokens=False` to opt out.
 """
 
 import bisect
 import os
 from typing import Any
 
+import numpy as np
 import PIL.Image
 import torch
 from transformers import BatchFeature, ProcessorMixin
 from transformers.image_utils import load_image
 from transformers.processing_utils import MultiModalData
-from transformers.utils import is_numpy_array
+from transformers.utils import is_numpy_array, logging
 
-from .compat import strip_marked_control_tokens
+from .compat import SANITIZE_SUPPORTED, neutralise_control_tokens, strip_marked_control_tokens
+
+logger = logging.get_logger(__name__)
 
 DEFAULT_CHAT_TEMPLATE = (
     # ChatML. Content is a string or a list of items; every image item renders as ONE placeholder (the processor
@@ -174,6 +181,57 @@ class MiniMindVProcessor(ProcessorMixin):
         # `generate` rejects keys the model does not accept; byte-level BPE tokenizers may still emit these.
         return ["token_type_ids"]
 
+    # ---------------------------------------------------------------- chat template
+    def apply_chat_template(self, conversation, chat_template=None, sanitize_control_tokens=None, **kwargs):
+        """`ProcessorMixin.apply_chat_template`, sanitising control tokens in the messages by default when tokenizing
+        (transformers cannot sanitise untokenized output, nor together with `return_assistant_tokens_mask`)."""
+        self._check_conversation(conversation)
+        sanitize = sanitize_control_tokens
+        can_sanitize = kwargs.get("tokenize", False) and not kwargs.get("return_assistant_tokens_mask", False)
+        if sanitize is None:
+            sanitize = bool(can_sanitize)
+        if sanitize and not SANITIZE_SUPPORTED:  # this transformers has no sanitiser: split the tokens ourselves
+            tokens = [t for t in self.tokenizer.get_added_vocab() if len(t) > 1 and not t.isspace()]
+            conversation, sanitize = neutralise_control_tokens(conversation, tokens), False
+        if sanitize:
+            kwargs["sanitize_control_tokens"] = True
+        return super().apply_chat_template(conversation, chat_template, **kwargs)
+
+    @staticmethod
+    def _check_conversation(conversation) -> None:
+        """Raise ValueError naming the first malformed message (the template would fail deep inside jinja, or render
+        an empty conversation without complaint)."""
+        if hasattr(conversation, "messages"):
+            conversation = conversation.messages
+        if not isinstance(conversation, (list, tuple)) or not conversation:
+            raise ValueError(f"a conversation must be a non-empty list of messages, got {conversation!r:.80}")
+        batch = conversation if isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages") \
+            else [conversation]
+        for b, chat in enumerate(batch):
+            chat = getattr(chat, "messages", chat)
+            where = f"conversation[{b}]" if len(batch) > 1 else "conversation"
+            if not isinstance(chat, (list, tuple)) or not chat:
+                raise ValueError(f"{where} must be a non-empty list of messages, got {chat!r:.80}")
+            for m, message in enumerate(chat):
+                if not isinstance(message, dict):
+                    raise ValueError(f"{where}[{m}] must be a dict with 'role' and 'content', got {message!r:.80}")
+                role, content = message.get("role"), message.get("content")
+                if not isinstance(role, str) or not role:
+                    raise ValueError(f"{where}[{m}]['role'] must be a non-empty string, got {role!r:.40}")
+                if content is None or isinstance(content, str):
+                    continue
+                if not isinstance(content, (list, tuple)):
+                    raise ValueError(f"{where}[{m}]['content'] must be a string or a list of items, got "
+                                     f"{type(content).__name__}")
+                for i, item in enumerate(content):
+                    if isinstance(item, str):
+                        continue
+                    kind = item.get("type") if isinstance(item, dict) else None
+                    if kind == "text" and isinstance(item.get("text"), str) or kind == "image":
+                        continue
+                    raise ValueError(f"{where}[{m}]['content'][{i}] must be a text item with a string 'text' or "
+                                     f"an image item (MiniMind-V takes no other kinds), got {item!r:.80}")
+
     # ---------------------------------------------------------------- call
     def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs) -> BatchFeature:
         if videos is not None or audio is not None:
@@ -211,6 +269,16 @@ class MiniMindVProcessor(ProcessorMixin):
             outputs["offset_mapping"] = self._offsets_to_caller_text(
                 outputs["offset_mapping"], replacements, texts, outputs["attention_mask"]
             )
+        pixels = outputs.get("pixel_values")
+        if isinstance(pixels, (torch.Tensor, np.ndarray)) and pixels.size != 0:
+            bad = ~(torch.isfinite(pixels) if isinstance(pixels, torch.Tensor) else np.isfinite(pixels))
+            if bad.any():
+                # NaN/Inf pixels (a float array with NaN) make NaN image features and meaningless output.
+                per_image = [int(b.sum()) for b in bad.reshape(bad.shape[0], -1)]
+                logger.warning(
+                    "pixel_values hold %d NaN/Inf value(s) (per image: %s): the model's output for these images "
+                    "is meaningless; check the input images", sum(per_image), per_image
+                )
         return outputs
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
@@ -289,17 +357,43 @@ class MiniMindVProcessor(ProcessorMixin):
                 ) from error
         if isinstance(image, PIL.Image.Image):
             try:
+                image.load()  # PIL opens lazily: a truncated or corrupt file only fails when its pixels are read
+            except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ... for bad data
+                filename = getattr(image, "filename", "") or ""
+                label = f"{name} ({os.path.basename(filename)})" if filename else name
+                raise ValueError(f"{label} could not be decoded as an image: {error}") from error
+            try:
                 return to_rgb(image)
             except ValueError as error:
                 raise ValueError(f"{name}: {error}") from error
         if isinstance(image, torch.Tensor) and image.ndim in (2, 3) and image.numel() > 0:
-            return image
+            return MiniMindVProcessor._array_image(image.detach().cpu().numpy(), name)
         if is_numpy_array(image) and image.ndim in (2, 3) and image.size > 0:
-            return image
+            return MiniMindVProcessor._array_image(image, name)
         raise ValueError(
             f"{name} is not an image: got {type(image).__name__} {repr(image)[:80]}. Pass PIL images, "
             "2-D/3-D arrays or tensors, or image paths/URLs."
         )
+
+    @staticmethod
+    def _array_image(array: np.ndarray, name: str):
+        """A 2-D (greyscale) or 3-D array as the image processor takes it: greyscale repeated to 3 channels
+        (channels-last); float arrays become uint8 like every other input, read as [0, 1] when all values lie there
+        (as [0, 255] otherwise), so they are not rescaled twice and do not come out black. NaN/Inf pixels are named
+        in a warning (and read as 0)."""
+        if array.dtype == bool or not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"{name}: an image array must be numeric, got dtype {array.dtype}")
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], 3, axis=-1)
+        if np.issubdtype(array.dtype, np.floating):
+            finite = np.isfinite(array)
+            if not finite.all():
+                logger.warning("%s holds %d NaN/Inf pixel value(s): read as 0, the output for it is unreliable",
+                               name, int((~finite).sum()))
+            array = np.where(finite, array, 0.0)
+            scale = 255.0 if array.size and array.min() >= 0.0 and array.max() <= 1.0 else 1.0
+            array = np.clip(np.rint(array * scale), 0, 255).astype(np.uint8)
+        return array
 
     # ---------------------------------------------------------------- offsets
     @staticmethod

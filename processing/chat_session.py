@@ -196,10 +196,12 @@ def generation_kwargs(temperature: float, top_p: float, max_new_tokens: int) -> 
     """`generate` arguments for the UI's sampling controls; temperature 0 means greedy decoding."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if temperature <= 0:
-        return {"do_sample": False, "max_new_tokens": int(max_new_tokens)}
+    if not temperature >= 0:  # also NaN
+        raise ValueError(f"temperature must be >= 0 (0 means greedy decoding), got {temperature}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if temperature == 0:
+        return {"do_sample": False, "max_new_tokens": int(max_new_tokens)}
     return {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p),
             "max_new_tokens": int(max_new_tokens)}
 

@@ -61,10 +61,13 @@ class VLMDataset(Dataset):
         max_length: rows with more tokens are dropped (``too_long``); None keeps all.
         cache_images: decode every image once at load and keep the pixel tensors (True), decode per access (False),
             or cache when the pixel tensors fit ``cache_bytes`` (None).
+        allow_outside_root: accept image paths that leave `image_root` (by default they are skipped as
+            ``image_outside_root``).
     """
 
     def __init__(self, path, processor, image_root=None, max_length: int | None = None,
-                 cache_images: bool | None = None, cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES):
+                 cache_images: bool | None = None, cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES,
+                 allow_outside_root: bool = False):
         self.path = Path(path)
         self.processor = processor
         self.image_root = Path(image_root) if image_root is not None else self.path.resolve().parent
@@ -77,7 +80,8 @@ class VLMDataset(Dataset):
         self.image_refs: list[ImageRef] = []
         image_index: dict = {}
         self.examples: list[Example] = []
-        for row, encoded in encode_rows(processor, parse_rows(self.path, self.image_root, self.stats),
+        for row, encoded in encode_rows(processor, parse_rows(self.path, self.image_root, self.stats,
+                                                                     allow_outside_root),
                                         assistant_masks=True):
             example = encoded if isinstance(encoded, RowError) else self._labels(encoded)
             if isinstance(example, RowError):

@@ -75,11 +75,12 @@ def build_initial_checkpoint(out: Path, seed: int) -> Path:
 
 
 def train_demo_model(init_dir: Path, data_dir: Path, model_dir: Path, config: DemoConfig) -> dict:
-    """One stage, everything trainable: the vision tower starts random here, so it must learn too."""
+    """One stage, everything trainable: the vision tower starts random here, so it must learn too. The demo owns
+    OUTPUT/model and rebuilds it on every run (overwrite: an earlier run's logs are kept as *.previous-N.jsonl)."""
     return train(TrainConfig(
         model=str(init_dir), data=str(data_dir / "sft.jsonl"), output=str(model_dir), train="vision,projector,decoder",
         max_steps=config.steps, batch_size=config.batch_size, lr=config.lr, warmup_ratio=0.02, weight_decay=0.0,
-        seed=config.seed,
+        seed=config.seed, overwrite=True,
     ))
 
 

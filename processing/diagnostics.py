@@ -168,6 +168,12 @@ def build_inputs(config, processor, diagnosis: Diagnosis) -> dict:
         if tuple(inputs["pixel_values"].shape[1:]) != expected:
             diagnosis.problems.append(f"processor pixel_values {list(inputs['pixel_values'].shape[1:])} != vision "
                                       f"tower input {list(expected)}")
+        pixels = inputs["pixel_values"]
+        n_bad = int((~torch.isfinite(pixels)).sum())
+        if n_bad:  # a plain synthetic image: the processor's own settings (image_std 0, ...) made them
+            diagnosis.problems.append(f"pixel_values: the processor turned a plain RGB image into {n_bad} NaN/Inf "
+                                      f"values of {pixels.numel()} (check image_mean / image_std in "
+                                      "preprocessor_config.json)")
         diagnosis.say(f"prompt: {prompt!r}")
         return inputs
     # No processor: a plain id sequence with one image block, avoiding the image token outside the block.

@@ -11,7 +11,10 @@ Row format (``.jsonl`` or ``.parquet``, one conversation per row)::
   literal text, as in the chat template). At least one assistant reply is non-empty; replies hold no image.
 * images: at most one of ``image`` / ``images`` (a path or a list of paths, relative ones resolved against the image
   root; a datasets ``{"bytes": ..., "path": ...}`` dict works too) and ``image_bytes`` (raw bytes, a base64 string,
-  or a list of them). Their number equals the number of placeholders. Text-only rows have neither.
+  or a list of them). Their number equals the number of placeholders. Text-only rows have neither. A path must stay
+  inside the image root once resolved (``../``, absolute paths and symlinks that leave it are skipped as
+  ``image_outside_root``) unless the reader is told ``allow_outside_root=True``: a data file cannot make the trainer
+  open ``/etc/passwd``.
 * any other key (``type``, ``objects``, ...) is kept in :attr:`Row.fields`.
 
 A parsed :class:`Row` holds its messages in the chat-template form (content = list of text and image items), which
@@ -49,6 +52,8 @@ MISSING_IMAGE = "missing_image"
 CORRUPT_IMAGE = "corrupt_image"
 TOO_LONG = "too_long"
 TEMPLATE_ERROR = "template_error"
+OUTSIDE_IMAGE_ROOT = "image_outside_root"
+CONTROL_TOKEN = "control_token"
 
 
 class RowError(ValueError):
@@ -132,6 +137,8 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict | RowError]]
                 yield where, json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 yield where, RowError(BAD_JSON, str(error))
+            except RecursionError:  # a line nested thousands of levels deep costs one row, not the whole load
+                yield where, RowError(BAD_JSON, "nested too deeply to parse")
 
 
 def iter_rows(path: str | os.PathLike) -> Iterator[tuple[str, dict | RowError]]:
@@ -147,15 +154,18 @@ def iter_rows(path: str | os.PathLike) -> Iterator[tuple[str, dict | RowError]]:
     yield from iter_jsonl(path)
 
 
-def parse_rows(path: str | os.PathLike, image_root: Path | None, stats: DataStats) -> list[Row]:
+def parse_rows(path: str | os.PathLike, image_root: Path | None, stats: DataStats,
+               allow_outside_root: bool = False) -> list[Row]:
     """Every valid row of a data file; invalid rows are counted in ``stats``."""
     parsed = []
     for where, raw in iter_rows(path):
         stats.rows += 1
         try:
-            parsed.append(parse_row(raw, image_root, where))
+            parsed.append(parse_row(raw, image_root, where, allow_outside_root=allow_outside_root))
         except RowError as error:
             stats.skip(error.reason, where, str(error))
+        except RecursionError:  # a deeply nested (but parsable) row
+            stats.skip(BAD_STRUCTURE, where, "nested too deeply")
     return parsed
 
 
@@ -163,9 +173,10 @@ def parse_rows(path: str | os.PathLike, image_root: Path | None, stats: DataStat
 # Validation
 # ----------------------------------------------------------------------------------------------------------------------
 
-def parse_row(raw, image_root: Path | None, where: str = "") -> Row:
+def parse_row(raw, image_root: Path | None, where: str = "", allow_outside_root: bool = False) -> Row:
     """Validate one raw row (a dict, or the RowError a reader yielded for it); return it as a :class:`Row` or raise
-    :class:`RowError`. Relative image paths resolve against `image_root` (None: the working directory)."""
+    :class:`RowError`. Relative image paths resolve against `image_root` (None: the working directory, and no
+    confinement); a path that leaves `image_root` is refused unless `allow_outside_root`."""
     if isinstance(raw, RowError):
         raise raw
     if not isinstance(raw, dict):
@@ -176,7 +187,7 @@ def parse_row(raw, image_root: Path | None, where: str = "") -> Row:
     messages = [_message(i, turn) for i, turn in enumerate(conversations)]
     if not any(m["role"] == "assistant" and message_text(m).strip() for m in messages):
         raise RowError(NO_ASSISTANT, "no non-empty assistant turn")
-    images = _image_refs(raw, image_root)
+    images = _image_refs(raw, image_root, allow_outside_root)
     n_placeholders = count_images(messages)
     if n_placeholders != len(images):
         raise RowError(PLACEHOLDER_MISMATCH,
@@ -240,7 +251,15 @@ def _as_bytes(value, where: str) -> bytes:
     raise RowError(BAD_STRUCTURE, f"{where} must be bytes or a base64 string, got {type(value).__name__}")
 
 
-def _image_refs(raw: dict, image_root: Path | None) -> list[ImageRef]:
+def _inside(path: Path, root: Path) -> bool:
+    """Whether `path`, symlinks resolved, lies inside `root` (also resolved)."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+
+
+def _image_refs(raw: dict, image_root: Path | None, allow_outside_root: bool = False) -> list[ImageRef]:
     present = [key for key in IMAGE_KEYS if raw.get(key) is not None]
     if len(present) > 1:
         raise RowError(BAD_STRUCTURE, f"row has more than one of {present}")
@@ -261,7 +280,13 @@ def _image_refs(raw: dict, image_root: Path | None) -> list[ImageRef]:
             item = os.fspath(item)
         if not isinstance(item, str) or not item:
             raise RowError(BAD_STRUCTURE, f"{key}[{i}] must be a non-empty path string, got {item!r:.80}")
+        if "\x00" in item:
+            raise RowError(BAD_STRUCTURE, f"{key}[{i}] contains a NUL character")
         path = Path(item) if image_root is None or os.path.isabs(item) else Path(image_root) / item
+        if image_root is not None and not allow_outside_root and not _inside(path, Path(image_root)):
+            # Checked before the file is even looked at: a row must not make the reader open files elsewhere.
+            raise RowError(OUTSIDE_IMAGE_ROOT, f"{key}[{i}]={item!r:.120} leaves the image root {image_root} (allow "
+                                               "it with --allow-outside-image-root)")
         if not path.is_file():
             raise RowError(MISSING_IMAGE, str(path))
         refs.append(ImageRef(path=str(path.resolve())))
@@ -313,7 +338,8 @@ def decode_image(ref: ImageRef) -> PIL.Image.Image:
 
 
 __all__ = [
-    "BAD_JSON", "BAD_STRUCTURE", "CORRUPT_IMAGE", "DataStats", "IMAGE_PLACEHOLDER", "ImageRef", "MISSING_IMAGE",
-    "NO_ASSISTANT", "PLACEHOLDER_MISMATCH", "ROLES", "Row", "RowError", "TEMPLATE_ERROR", "TOO_LONG", "count_images",
-    "decode_image", "fill_images", "iter_jsonl", "iter_rows", "message_text", "parse_row", "parse_rows",
+    "BAD_JSON", "BAD_STRUCTURE", "CONTROL_TOKEN", "CORRUPT_IMAGE", "DataStats", "IMAGE_PLACEHOLDER", "ImageRef",
+    "MISSING_IMAGE", "NO_ASSISTANT", "OUTSIDE_IMAGE_ROOT", "PLACEHOLDER_MISMATCH", "ROLES", "Row", "RowError",
+    "TEMPLATE_ERROR", "TOO_LONG", "count_images", "decode_image", "fill_images", "iter_jsonl", "iter_rows",
+    "message_text", "parse_row", "parse_rows",
 ]

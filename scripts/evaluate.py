@@ -23,6 +23,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="saved model folder (model + processor)")
     parser.add_argument("--data", required=True, help="eval JSONL file (conversations + image + type rows)")
     parser.add_argument("--image-root", default=None, help="folder for relative image paths (default: the data's)")
+    parser.add_argument("--allow-outside-image-root", action="store_true",
+                        help="let rows name images outside --image-root (default: such rows are skipped)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
@@ -44,7 +46,7 @@ def main(argv=None) -> int:
         return 2
     result = evaluate_saved_model(args.model, data, image_root=args.image_root, limit=args.limit, device=args.device,
                                   batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                                  num_examples=args.examples)
+                                  num_examples=args.examples, allow_outside_root=args.allow_outside_image_root)
     text = json.dumps(result, indent=2, ensure_ascii=False)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -5,9 +5,11 @@ Stages differ only in what trains: ``--stage pretrain`` trains the projector, ``
 decoder; ``--train vision,projector,decoder`` overrides either. The final OUTPUT folder is a ``save_pretrained``
 model + processor that loads with ``AutoModelForImageTextToText`` / ``AutoProcessor`` (``trust_remote_code=True``).
 
-Resumable: ``--save-steps N`` writes ``OUTPUT/checkpoint-STEP`` atomically (full Accelerate state plus the data
-position); ``--resume`` continues from the latest complete one and reproduces the uninterrupted run, because the data
-order is a function of (seed, epoch) and already-consumed batches are skipped. The flags are shared with
+Resumable: ``--save-steps N`` writes ``OUTPUT/checkpoint-STEP`` atomically (weights, optimizer, schedule and RNG
+states as safetensors + JSON, never pickle, plus the data position); ``--resume`` continues from the latest
+complete one and reproduces the uninterrupted run, because the data order is a function of (seed, epoch) and
+already-consumed batches are skipped. A fresh run refuses an output folder holding a model or an earlier run's logs
+unless ``--overwrite`` (which keeps the old logs as ``*.previous-N.jsonl``). The flags are shared with
 ``scripts/train_sft_trl.py`` (processing/training/config.py); the trainer is processing/training/trainer.py.
 """
 

@@ -77,6 +77,10 @@ def test_generation_kwargs():
         generation_kwargs(0.7, 0.9, 0)
     with pytest.raises(ValueError):
         generation_kwargs(0.7, 0.0, 5)
+    for temperature, top_p, message in [(-1, 0.9, "temperature must be >= 0"), (float("nan"), 0.9, "temperature"),
+                                        (0, 5, r"top_p must be in \(0, 1\]"), (0.7, float("nan"), "top_p")]:
+        with pytest.raises(ValueError, match=message):
+            generation_kwargs(temperature, top_p, 5)
 
 
 # ---------------------------------------------------------------------------------------------- control tokens

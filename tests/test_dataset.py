@@ -69,7 +69,7 @@ def _write_bad_rows(root):
         '{"conversations": [ this is not json',  # bad_json
         json.dumps({"conversations": [user, reply]}),  # placeholder_mismatch (1 placeholder, 0 images)
         json.dumps({"conversations": [{"role": "user", "content": 5}, reply]}),  # bad_structure
-        # a literal image token in the text is a placeholder without an image: the processor rejects the row
+        # a literal image token in the text is a control token (it would be a placeholder without an image)
         json.dumps({"conversations": [{"role": "user", "content": "what is <|image_pad|>?"}, reply]}),
     ]
     path = root / "bad.jsonl"
@@ -78,7 +78,7 @@ def _write_bad_rows(root):
 
 
 EXPECTED_EAGER = {"missing_image": 1, "corrupt_image": 1, "no_assistant_turn": 1, "bad_json": 1,
-                  "placeholder_mismatch": 2, "bad_structure": 1}
+                  "placeholder_mismatch": 1, "bad_structure": 1, "control_token": 1}
 
 
 def test_bad_rows_are_counted_by_reason_and_skipped(tiny_processor, shapes_data, tmp_path):

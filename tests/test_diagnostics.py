@@ -153,3 +153,17 @@ def test_fsdp_config(monkeypatch):
     layer_cls = get_module_class_from_name(model, "MiniMindDecoderLayer")
     assert layer_cls is not None
     assert sum(isinstance(m, layer_cls) for m in model.modules()) == model.config.text_config.num_hidden_layers
+
+
+def test_nan_pixel_values_from_the_processor_are_reported(tmp_path):
+    import json
+
+    folder = save(tmp_path / "zero_std", tiny_model())
+    config_path = folder / "processor_config.json"
+    config = json.loads(config_path.read_text())
+    config["image_processor"]["image_std"] = [0.0, 0.0, 0.0]
+    config_path.write_text(json.dumps(config))
+    diagnosis = diagnose(folder, device="cpu")
+    assert not diagnosis.healthy
+    assert re.search(r"PROBLEM: pixel_values: the processor turned a plain RGB image into \d+ NaN/Inf values",
+                     diagnosis.report())

@@ -9,6 +9,7 @@ scripts/chat.py, scripts/evaluate.py) equal to uncached greedy decoding, token f
 """
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -132,6 +133,7 @@ def test_evaluator_and_evaluate_cli_equal_uncached_greedy(trained, answers):
          str(trained / "eval.jsonl"), "--examples", str(EVAL_ROWS), "--max-new-tokens", str(MAX_NEW_TOKENS),
          "--batch-size", "16"],
         capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},  # this checkout's code, not an installed copy
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)

@@ -6,6 +6,7 @@ new tokens are replaced by a known answer (gold for even rows, wrong for odd one
 
 import copy
 import json
+import os
 import re
 import subprocess
 import sys
@@ -170,6 +171,7 @@ def test_cli_prints_json(saved, tmp_path):
          "--data", str(data / "eval.jsonl"), "--limit", "5", "--batch-size", "2", "--max-new-tokens", "2",
          "--output", str(output)],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},  # this checkout's code, not an installed copy
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -190,3 +192,19 @@ def test_list_content_rows_evaluate_like_string_rows(loaded, rows, saved):
     as_lists = evaluate_model(model, processor, listed, **kwargs)
     as_strings = evaluate_model(model, processor, rows[:4], **kwargs)
     assert as_lists["n"] == 4 and as_lists == as_strings
+
+
+def test_rows_naming_images_outside_the_root_are_skipped_unless_allowed(saved, tmp_path):
+    from processing.evaluation.exact_match import evaluate_model, load_for_inference
+
+    folder, data = saved
+    row = json.loads((data / "eval.jsonl").read_text().splitlines()[0])
+    outside = dict(row, image=str((data / row["image"]).resolve()))
+    model, processor = load_for_inference(folder, "cpu")
+    elsewhere = tmp_path / "root"
+    elsewhere.mkdir()
+    result = evaluate_model(model, processor, [outside], image_root=elsewhere, max_new_tokens=1)
+    assert result["n"] == 0 and result["skip_reasons"] == {"image_outside_root": 1}
+    allowed = evaluate_model(model, processor, [outside], image_root=elsewhere, max_new_tokens=1,
+                             allow_outside_root=True)
+    assert allowed["n"] == 1

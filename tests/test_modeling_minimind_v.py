@@ -551,3 +551,20 @@ def test_forward_compiles_as_one_graph():
     with torch.no_grad():
         torch.testing.assert_close(compiled(input_ids=ids, pixel_values=pixels(1)).logits,
                                    model(input_ids=ids, pixel_values=pixels(1)).logits)
+
+
+@pytest.mark.parametrize("ids, message", [
+    ([[1, 10**6]], "outside the vocabulary"), ([[1, -3]], "token id -3, outside the vocabulary"),
+    (torch.zeros(1, 0, dtype=torch.long), "input_ids is empty"), ([3, 4], r"must be \[batch, length\]"),
+    (torch.ones(1, 3), "integer token ids"),
+])
+def test_generate_refuses_bad_prompts_with_a_named_error(ids, message):
+    from conftest import tiny_model
+
+    model = tiny_model()
+    ids = ids if isinstance(ids, torch.Tensor) else torch.tensor(ids)
+    with pytest.raises((ValueError, TypeError), match=message):
+        model.generate(input_ids=ids, max_new_tokens=2)
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        model.generate(input_ids=torch.tensor([[1, 2, 3]]), attention_mask=torch.ones(1, 5, dtype=torch.long),
+                       max_new_tokens=2)

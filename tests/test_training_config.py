@@ -12,12 +12,12 @@ SHARED = {
     "--model": None, "--data": None, "--image-root": None, "--output": None, "--epochs": 1, "--max-steps": 0,
     "--batch-size": 16, "--grad-accum": 1, "--lr": 2e-4, "--weight-decay": 0.01, "--warmup-ratio": 0.03,
     "--max-grad-norm": 1.0, "--max-length": None, "--seed": 42, "--gradient-checkpointing": False,
-    "--num-workers": 0, "--save-steps": 0, "--compile": None,
+    "--num-workers": 0, "--save-steps": 0, "--compile": None, "--allow-outside-image-root": False,
 }
 ACCELERATE_ONLY = {
     "--config": None, "--stage": "sft", "--train": None, "--eval-data": None, "--projector-lr": None,
     "--min-lr-ratio": 0.0, "--mixed-precision": "no", "--save-total-limit": None, "--resume": None,
-    "--log-with": "none", "--packing": False, "--num-threads": None, "--cache-images": None,
+    "--log-with": "none", "--packing": False, "--num-threads": None, "--cache-images": None, "--overwrite": False,
 }
 TRL_ONLY = {
     "--lora": False, "--lora-r": 8, "--lora-alpha": 16, "--lora-dropout": 0.05, "--merge": False, "--bf16": None,

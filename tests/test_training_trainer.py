@@ -27,6 +27,8 @@ from processing.training.trainer import train
 TRAIN_SCRIPT = REPO_ROOT / "scripts" / "train.py"
 # One thread: the tiny model is fastest that way on a shared CPU, and runs compared bit-for-bit use the same kernels.
 COMMON = ["--batch-size", "4", "--num-threads", "1", "--seed", "7"]
+# Child processes import this checkout's code (not an installed copy of the project).
+CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
 def run(argv: list[str]) -> dict:
@@ -105,7 +107,7 @@ def test_kill_9_then_resume_reproduces_the_uninterrupted_run(data, tmp_path):
     run(_run_args(data, reference, steps))
 
     output = tmp_path / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**CHILD_ENV, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), *_run_args(data, output, steps)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -172,9 +174,10 @@ def test_lazily_failing_rows_are_skipped_and_the_output_reloads_with_auto_classe
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     output = tmp_path / "out"
-    metrics = run(["--config", "tiny", "--data", str(path),
-                          "--image-root", str(data), "--output", str(output), "--epochs", "2", "--no-cache-images",
-                          "--packing", *COMMON])
+    # The corrupt file lies outside --image-root: the flag lets the row through to the lazy decode.
+    metrics = run(["--config", "tiny", "--data", str(path), "--allow-outside-image-root",
+                   "--image-root", str(data), "--output", str(output), "--epochs", "2", "--no-cache-images",
+                   "--packing", *COMMON])
     # 8 rows, one undecodable: found at access time in each of the 2 epochs, skipped, both epochs completed.
     assert metrics["data"]["kept"] == 8 and metrics["data"]["skipped_during_training"] == {"corrupt_image": 2}
     assert metrics["global_step"] == 4
@@ -245,7 +248,7 @@ def test_two_process_ddp_matches_single_process_accumulation(data, tmp_path, acc
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(TRAIN_SCRIPT),
                *_short_run(data, tmp_path, batch_size=4, grad_accum=1)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=CHILD_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stderr
     _assert_same_run(tmp_path, accumulated_run, atol=1e-6)
@@ -259,7 +262,8 @@ def test_bf16_mixed_precision_trains_with_fp32_master_weights(data, init_dir, tm
     # Its own process: Accelerate's mixed-precision setting is process-wide.
     subprocess.run([sys.executable, str(TRAIN_SCRIPT), "--model", str(init_dir), "--stage", stage, "--data", str(rows),
                     "--output", str(output), "--max-steps", "20", "--lr", "1e-2" if stage == "pretrain" else "3e-3",
-                    "--warmup-ratio", "0.1", "--mixed-precision", "bf16", *COMMON], check=True, capture_output=True)
+                    "--warmup-ratio", "0.1", "--mixed-precision", "bf16", *COMMON], check=True, capture_output=True,
+                   env=CHILD_ENV)
     losses = _losses(output)
     assert all(torch.isfinite(torch.tensor(losses))), losses
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2, losses

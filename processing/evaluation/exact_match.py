@@ -25,7 +25,7 @@ import torch
 
 from ..rows import (
     BAD_JSON, BAD_STRUCTURE, CORRUPT_IMAGE, IMAGE_PLACEHOLDER, MISSING_IMAGE, NO_ASSISTANT, PLACEHOLDER_MISMATCH,
-    ImageRef, RowError, decode_image, iter_rows, message_text, parse_row,
+    OUTSIDE_IMAGE_ROOT, ImageRef, RowError, decode_image, iter_rows, message_text, parse_row,
 )
 from ..synthetic import normalize_answer
 from ..tokenizers import IM_END_TOKEN
@@ -37,6 +37,7 @@ UNTYPED = "all"  # type key for rows without a "type"
 SKIP_REASONS = {
     BAD_JSON: "bad_row", BAD_STRUCTURE: "bad_row", NO_ASSISTANT: "bad_row",
     PLACEHOLDER_MISMATCH: "image_count_mismatch", MISSING_IMAGE: "missing_image", CORRUPT_IMAGE: "unreadable_image",
+    OUTSIDE_IMAGE_ROOT: "image_outside_root",
 }
 _MAX_LOGGED_SKIPS = 5  # per evaluation: enough to see what is wrong without flooding the log
 
@@ -75,9 +76,9 @@ def read_rows(path: str | os.PathLike, limit: int | None = None) -> list[dict | 
     return rows
 
 
-def _prepare(index: int, raw: Any, processor, image_root: Path | None) -> _Item:
+def _prepare(index: int, raw: Any, processor, image_root: Path | None, allow_outside_root: bool = False) -> _Item:
     try:
-        row = parse_row(raw, image_root, f"row {index}")
+        row = parse_row(raw, image_root, f"row {index}", allow_outside_root=allow_outside_root)
     except RowError as error:
         raise _SkipRow(SKIP_REASONS.get(error.reason, "bad_row"), str(error)) from error
     last = max(i for i, message in enumerate(row.messages) if message["role"] == "assistant")
@@ -166,10 +167,12 @@ def evaluate_model(
     batch_size: int = 64,
     max_new_tokens: int = 8,
     num_examples: int = 5,
+    allow_outside_root: bool = False,
 ) -> dict:
     """Exact-match accuracy of `model` on `rows`, overall and per question type.
 
-    `image_root` resolves relative image paths (None: use them as given). Returns ``{"overall", "per_type",
+    `image_root` resolves relative image paths (None: use them as given); a path leaving it is skipped as
+    ``image_outside_root`` unless `allow_outside_root`. Returns ``{"overall", "per_type",
     "counts", "correct", "n", "skipped", "skip_reasons", "examples"}``: accuracies are in [0, 1] (``None`` when no
     row could be evaluated), ``counts`` / ``correct`` are per type and sum to ``n`` / the number correct, rows
     without a type count under ``"all"``, and ``examples`` holds the first `num_examples` predictions in input
@@ -197,7 +200,7 @@ def evaluate_model(
     items: list[_Item] = []
     for index, row in enumerate(rows):
         try:
-            items.append(_prepare(index, row, processor, root))
+            items.append(_prepare(index, row, processor, root, allow_outside_root))
         except _SkipRow as skip:
             record_skip(index, skip)
 

@@ -7,12 +7,15 @@ ignores, never a checkpoint that looks complete but is not.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
 from pathlib import Path
+
+from .resume_state import CheckpointError, load_training_state, read_json, refuse_pickles
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +77,8 @@ def finalize_checkpoint(output_dir, step: int, trainer_state: dict) -> Path:
         json.dump(trainer_state, f, indent=2)
     _fsync_tree(tmp)  # the data must be durable before the marker claims it is
     with open(tmp / COMPLETE_MARKER, "w", encoding="utf-8") as f:
-        json.dump({"step": step}, f)
+        # Checksums let a resume tell a damaged file (a flipped byte in a tensor loads silently otherwise).
+        json.dump({"step": step, "sha256": _checksums(tmp)}, f)
         f.flush()
         os.fsync(f.fileno())
     _fsync_path(tmp)
@@ -86,6 +90,36 @@ def finalize_checkpoint(output_dir, step: int, trainer_state: dict) -> Path:
     os.replace(tmp, final)
     _fsync_path(Path(output_dir))
     return final
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checksums(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): _sha256(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != COMPLETE_MARKER}
+
+
+def verify_checkpoint(checkpoint) -> None:
+    """Raise CheckpointError naming the first file of `checkpoint` that is missing or differs from what was saved
+    (checkpoints written before checksums existed are taken as they are)."""
+    checkpoint = Path(checkpoint)
+    sums = read_json(checkpoint / COMPLETE_MARKER).get("sha256")
+    if sums is None:
+        return
+    if not isinstance(sums, dict):
+        raise CheckpointError(f"{checkpoint / COMPLETE_MARKER}: 'sha256' must be an object")
+    for name, expected in sums.items():
+        path = checkpoint / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing from the checkpoint")
+        if _sha256(path) != expected:
+            raise CheckpointError(f"{path}: damaged (its checksum differs from the one saved with the checkpoint)")
 
 
 def remove_stale_tmp_dirs(output_dir) -> None:
@@ -108,12 +142,29 @@ def prune_checkpoints(output_dir, keep: int | None) -> None:
 
 
 def load_trainer_state(checkpoint: Path) -> dict:
-    with open(Path(checkpoint) / TRAINER_STATE, encoding="utf-8") as f:
-        return json.load(f)
+    """The trainer state of `checkpoint`; CheckpointError naming the file when it is missing, does not parse or lacks
+    the "state" / "run" objects."""
+    path = Path(checkpoint) / TRAINER_STATE
+    saved = read_json(path)
+    for key in ("state", "run"):
+        if not isinstance(saved.get(key), dict):
+            raise CheckpointError(f"{path}: no {key!r} object (not a trainer state written by this trainer)")
+    return saved
+
+
+def load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler) -> dict:
+    """Resume from `checkpoint`: refuse pickles (before anything is read), verify the checksums, restore the model,
+    optimizer, schedule and RNG states, and return the trainer state. Raises CheckpointError naming a bad file."""
+    checkpoint = Path(checkpoint)
+    refuse_pickles(checkpoint)
+    verify_checkpoint(checkpoint)
+    saved = load_trainer_state(checkpoint)
+    load_training_state(checkpoint, accelerator, model, optimizer, scheduler)
+    return saved
 
 
 __all__ = [
     "CHECKPOINT_PREFIX", "COMPLETE_MARKER", "TRAINER_STATE", "checkpoint_tmp_dir", "finalize_checkpoint",
-    "is_complete_checkpoint", "latest_checkpoint", "list_checkpoints", "load_trainer_state", "prune_checkpoints",
-    "remove_stale_tmp_dirs",
+    "is_complete_checkpoint", "latest_checkpoint", "list_checkpoints", "load_checkpoint", "load_trainer_state",
+    "prune_checkpoints", "remove_stale_tmp_dirs", "verify_checkpoint",
 ]

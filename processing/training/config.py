@@ -60,6 +60,12 @@ class TrainConfig:
     image_root: str | None = _flag(None, "folder for relative image paths (default: the data file's folder)")
     eval_data: str | None = _flag(None, "rows for an eval loss after every epoch", trainers=(ACCELERATE,))
     output: str | None = _flag(None, "output folder: the final model (or adapter), checkpoints, logs")
+    overwrite: bool = _flag(False, "a fresh run may replace the model in a non-empty --output (its train/eval logs "
+                                   "are kept as *.previous-N.jsonl, never deleted)", trainers=(ACCELERATE,),
+                            action="store_true")
+    allow_outside_image_root: bool = _flag(False, "let rows name images outside --image-root (../, absolute paths, "
+                                                  "symlinks); by default such rows are skipped as "
+                                                  "image_outside_root", action="store_true")
     max_length: int | None = _flag(None, "rows with more tokens are dropped whole, never truncated (default: "
                                          "train.py the model's maximum, train_sft_trl.py no limit)", type=int)
     cache_images: bool | None = _flag(None, "keep decoded images in memory (default: when they fit 2 GiB)",

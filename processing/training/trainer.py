@@ -6,9 +6,11 @@ model + processor that loads with ``AutoModelForImageTextToText`` / ``AutoProces
 plus ``train_log.jsonl`` (one record per optimizer step), ``eval_log.jsonl``, ``train_metrics.json`` and
 ``train_config.json``.
 
-Resumable: ``save_steps=N`` writes ``OUTPUT/checkpoint-STEP`` atomically (full Accelerate state plus the data
-position); ``resume`` continues from the latest complete one and reproduces the uninterrupted run, because the data
-order is a function of (seed, epoch) and already-consumed batches are skipped.
+Resumable: ``save_steps=N`` writes ``OUTPUT/checkpoint-STEP`` atomically (weights, optimizer, schedule and RNG
+states as safetensors + JSON, never pickle, plus the data position); ``resume`` continues from the latest complete
+one and reproduces the uninterrupted run, because the data order is a function of (seed, epoch) and
+already-consumed batches are skipped. A fresh run refuses an output folder holding a model or an earlier run's logs
+unless ``overwrite`` (which keeps the old logs as ``*.previous-N.jsonl``).
 
 Losses are token-weighted over an optimizer step: every micro-batch's loss is a sum over its prediction targets
 divided by the whole window's target count, so gradient accumulation equals one larger batch and DDP equals
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -38,13 +40,15 @@ from ..collator import VLMCollator
 from ..dataset import EpochSampler, VLMDataset
 from .checkpoints import (
     checkpoint_tmp_dir, finalize_checkpoint, is_complete_checkpoint, latest_checkpoint, list_checkpoints,
-    load_trainer_state, prune_checkpoints, remove_stale_tmp_dirs,
+    load_checkpoint, prune_checkpoints, remove_stale_tmp_dirs,
 )
 from .config import ACCELERATE, TrainConfig
 from .loading import load_model_and_processor
 from .log import JsonlLog
 from .optim import build_optimizer, build_param_groups, warmup_cosine_schedule
+from .output import archive_logs, check_output, save_final
 from .parts import STAGE_PARTS, log_parameter_report, parameter_report, parse_parts, set_trainable
+from .resume_state import CheckpointError, save_training_state
 from .step import StepResult, TrainStep, compile_for_training, resolve_compile, token_loss
 
 logger = logging.getLogger(__name__)
@@ -121,6 +125,7 @@ class Run:
     state: State = field(default_factory=State)
     train_log: JsonlLog | None = None
     eval_log: JsonlLog | None = None
+    loader_generator: torch.Generator | None = None  # reseeded per epoch: see _loader
 
     @property
     def main_process(self) -> bool:
@@ -160,7 +165,7 @@ def _resume_from(config: TrainConfig, output: Path) -> Path | None:
 def _datasets(config: TrainConfig, processor, max_length: int) -> tuple[VLMDataset, VLMDataset | None]:
     def load(path):
         return VLMDataset(path, processor, image_root=config.image_root, max_length=max_length,
-                          cache_images=config.cache_images)
+                          cache_images=config.cache_images, allow_outside_root=config.allow_outside_image_root)
 
     dataset = load(config.data)
     if len(dataset) == 0:
@@ -172,12 +177,17 @@ def _datasets(config: TrainConfig, processor, max_length: int) -> tuple[VLMDatas
     return dataset, eval_dataset
 
 
-def _loader(config: TrainConfig, dataset, sampler, collator) -> DataLoader:
-    """Batches in pinned memory on a GPU machine (asynchronous copies), prefetched by the workers when there are any."""
+def _loader(config: TrainConfig, dataset, sampler, collator, generator: torch.Generator) -> DataLoader:
+    """Batches in pinned memory on a GPU machine (asynchronous copies), prefetched by the workers when there are any.
+
+    `generator` is the loader's own: creating an iterator draws the workers' base seed from it. Without one the draw
+    comes from the global torch RNG, which dropout also uses, so a resumed run (which creates its iterator at another
+    point) would see different dropout masks than the uninterrupted run.
+    """
     workers = config.num_workers
     return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collator,
                       num_workers=workers, persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), generator=generator)
 
 
 def setup(config: TrainConfig) -> tuple[Run, Path | None]:
@@ -186,11 +196,18 @@ def setup(config: TrainConfig) -> tuple[Run, Path | None]:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     accelerator = _accelerator(config, output)
+    if accelerator.distributed_type == DistributedType.FSDP and (config.save_steps > 0 or config.resume):
+        # resume_state.py writes full tensors from the main process; FSDP's sharded parameters and optimizer state
+        # would need a gather it does not do yet (Accelerate's own FSDP checkpoints are pickles, refused on resume).
+        raise ValueError("--save-steps / --resume are not supported under FSDP yet (checkpoints are pickle-free "
+                         "safetensors + JSON of unsharded state); use configs/accelerate/ddp.yaml to checkpoint")
+    resume_from = _resume_from(config, output)
+    check_output(output, fresh_run=resume_from is None, overwrite=config.overwrite)
+    accelerator.wait_for_everyone()  # every process checked before the main one writes anything
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
         remove_stale_tmp_dirs(output)
     accelerator.wait_for_everyone()
-    resume_from = _resume_from(config, output)
 
     set_seed(config.seed)
     model, processor = load_model_and_processor(model_dir=config.model, preset=config.config)
@@ -216,7 +233,8 @@ def setup(config: TrainConfig) -> tuple[Run, Path | None]:
     # Compiled: round lengths up so the step sees few distinct shapes (each new one would recompile).
     collator = VLMCollator(dataset.pad_token_id, packing=config.packing, pad_to_multiple_of=64 if compiled else None)
     sampler = EpochSampler(len(dataset), seed=config.seed)
-    loader = _loader(config, dataset, sampler, collator)
+    loader_generator = torch.Generator()
+    loader = _loader(config, dataset, sampler, collator, loader_generator)
 
     groups = build_param_groups(model, config.lr, config.weight_decay, config.projector_lr)
     optimizer = build_optimizer(groups, config.lr)
@@ -224,12 +242,13 @@ def setup(config: TrainConfig) -> tuple[Run, Path | None]:
     plan = Plan.of(config, len(loader))  # len(loader): per process, after sharding
     # Stepped once per optimizer step by us (not prepared: Accelerate would step it once per process).
     scheduler = warmup_cosine_schedule(optimizer.optimizer, plan.total_steps, plan.warmup_steps, config.min_lr_ratio)
-    accelerator.register_for_checkpointing(scheduler)
+    # The schedule is saved and restored by resume_state (JSON), not registered with Accelerate (which pickles it).
     run_info = {"seed": config.seed, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
                 "packing": config.packing, "num_processes": accelerator.num_processes,
                 "data": str(Path(config.data).resolve()), "total_steps": plan.total_steps}
     run = Run(config, accelerator, output, model, processor, parts, parameters, dataset, eval_dataset, collator,
-              sampler, loader, optimizer, scheduler, [p for group in groups for p in group["params"]], plan, run_info)
+              sampler, loader, optimizer, scheduler, [p for group in groups for p in group["params"]], plan, run_info,
+              loader_generator=loader_generator)
     return run, resume_from
 
 
@@ -238,31 +257,33 @@ def _start_logs(run: Run, resume_from: Path | None) -> None:
     run.train_log = JsonlLog(run.output / "train_log.jsonl", enabled=run.main_process)
     run.eval_log = JsonlLog(run.output / "eval_log.jsonl", enabled=run.main_process)
     if resume_from is not None:
-        run.accelerator.load_state(str(resume_from))
-        saved = load_trainer_state(resume_from)
+        saved = load_checkpoint(resume_from, run.accelerator, run.model, run.optimizer, run.scheduler)
         for key in RESUME_INVARIANTS + ("total_steps",):
             if saved["run"].get(key) != run.run_info[key]:
                 logger.warning("resuming with %s=%r but the checkpoint was written with %r: the run will differ",
                                key, run.run_info[key], saved["run"].get(key))
-        run.state = State(**saved["state"])
+        try:
+            run.state = State(**saved["state"])
+        except TypeError as error:
+            raise CheckpointError(f"{resume_from / 'trainer_state.json'}: bad 'state' ({error})") from error
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_from, run.state.global_step,
                     run.state.epoch, run.state.batch_in_epoch)
     elif run.main_process:
-        for log in (run.train_log, run.eval_log):  # a fresh run starts fresh logs
-            log.path.unlink(missing_ok=True)
+        archive_logs(run.output)  # a fresh run starts fresh logs; an earlier run's (--overwrite) are kept aside
     run.train_log.truncate_after(run.state.global_step)
     run.eval_log.truncate_after(run.state.global_step - 1)  # an eval at the checkpoint's step ran after it was saved
 
 
 def save_checkpoint(run: Run, epoch: int, batch_in_epoch: int) -> None:
-    """Write checkpoint-STEP atomically: every process saves its Accelerate state, the main process finalizes."""
+    """Write checkpoint-STEP atomically: every process saves its RNG states, the main process the model, optimizer
+    and schedule (pickle-free, resume_state.py) and finalizes."""
     step = run.state.global_step
     tmp = checkpoint_tmp_dir(run.output, step)
     accelerator = run.accelerator
     if run.main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    save_training_state(tmp, accelerator, run.model, run.optimizer, run.scheduler)
     accelerator.wait_for_everyone()
     if run.main_process:
         run.config.save(tmp)
@@ -315,7 +336,9 @@ class _Stepper:
 def evaluate(accelerator, model, dataset, collator, batch_size: int) -> float:
     """Token-weighted mean loss over `dataset`; each process takes a disjoint stride, so nothing is counted twice."""
     indices = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
-    loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, collate_fn=collator)
+    # Its own generator: creating the iterator must not draw from the global RNG that dropout uses (see _loader).
+    loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, collate_fn=collator,
+                        generator=torch.Generator())
     net = accelerator.unwrap_model(model)
     was_training = net.training
     net.eval()
@@ -408,6 +431,8 @@ def _train_epochs(run: Run) -> Progress:
             break
         run.loader.set_epoch(epoch)
         run.sampler.set_epoch(epoch)
+        if run.loader_generator is not None:
+            run.loader_generator.manual_seed(config.seed * 1_000_003 + epoch)
         skip = start_batch if epoch == start_epoch else 0
         epoch_loader = run.accelerator.skip_first_batches(run.loader, skip) if skip else run.loader
         batch_in_epoch = skip
@@ -460,11 +485,15 @@ def _finish(run: Run, progress: Progress) -> dict:
         unwrapped = run.accelerator.unwrap_model(run.model)
         if run.config.gradient_checkpointing:
             unwrapped.gradient_checkpointing_disable()
-        unwrapped.save_pretrained(run.output)
-        run.processor.save_pretrained(run.output)
-        run.config.save(run.output)
-        with open(run.output / "train_metrics.json", "w", encoding="utf-8") as f:
-            json.dump(metrics, f, indent=2)
+
+        def write(folder: Path) -> None:
+            unwrapped.save_pretrained(folder)
+            run.processor.save_pretrained(folder)
+            run.config.save(folder)
+            with open(folder / "train_metrics.json", "w", encoding="utf-8") as f:
+                json.dump(metrics, f, indent=2)
+
+        save_final(run.output, write)  # atomic per file, config.json last, a fresh model card
         logger.info("saved model and processor to %s (%d steps, %.1f steps/s)", run.output, state.global_step,
                     metrics["steps_per_s"])
     run.accelerator.wait_for_everyone()

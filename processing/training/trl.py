@@ -38,7 +38,7 @@ from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 from ..labels import IGNORE_INDEX, never_labelled_ids
 from ..layout import DECODER_PREFIX, PROJECTOR_MODULE
 from ..rows import TOO_LONG, DataStats, RowError, decode_image, parse_rows
-from ..templating import encode_rows
+from ..templating import control_token_error, control_token_pattern, encode_rows
 from .config import TRL, TrainConfig
 from .loading import load_model_and_processor
 from .parts import STAGE_PARTS, log_parameter_report, parameter_report, set_trainable
@@ -65,22 +65,36 @@ class TRLChatDataset(Dataset):
         path: .jsonl or .parquet file of project rows.
         image_root: folder that relative image paths resolve against (default: the data file's folder).
         processor: needed only with ``max_length``, to count tokens through the chat template.
+        allow_outside_root: accept image paths that leave `image_root` (default: skipped as image_outside_root).
         max_length: rows with more tokens (images expanded) are dropped at load. Rows are never truncated: a cut
             could split an image block, which the model rejects, or drop a reply's ``<|im_end|>``.
     """
 
-    def __init__(self, path, image_root=None, processor=None, max_length: int | None = None):
+    def __init__(self, path, image_root=None, processor=None, max_length: int | None = None,
+                 allow_outside_root: bool = False):
         self.path = Path(path)
         self.image_root = Path(image_root) if image_root is not None else self.path.resolve().parent
         self.stats = DataStats(source=str(self.path))
-        rows = parse_rows(self.path, self.image_root, self.stats)
+        rows = parse_rows(self.path, self.image_root, self.stats, allow_outside_root)
         if max_length is not None:
             if processor is None:
                 raise ValueError("max_length needs the processor to count tokens")
-            rows = self._drop_too_long(rows, processor, max_length)
+            rows = self._drop_too_long(rows, processor, max_length)  # also skips rows with control tokens
+        elif processor is not None:
+            rows = self._drop_control_tokens(rows, control_token_pattern(processor.tokenizer))
         self.rows = rows
         self.stats.kept = len(self.rows)
         self.stats.log(logger)
+
+    def _drop_control_tokens(self, rows, pattern):
+        kept = []
+        for row in rows:
+            error = control_token_error(row, pattern)
+            if error is None:
+                kept.append(row)
+            else:
+                self.stats.skip(error.reason, row.where, str(error))
+        return kept
 
     def _drop_too_long(self, rows, processor, max_length: int):
         kept = []
@@ -244,6 +258,7 @@ def build_trainer(config: TrainConfig) -> tuple[SFTTrainer, TRLChatDataset]:
     config.check(TRL)
     model, processor = load_model_and_processor(model_dir=config.model, require_processor=True)
     dataset = TRLChatDataset(config.data, image_root=config.image_root, processor=processor,
+                             allow_outside_root=config.allow_outside_image_root,
                              max_length=config.max_length)
     if len(dataset) == 0:
         raise ValueError(f"no usable rows in {config.data}: {dataset.stats.summary()}")
