@@ -2,7 +2,7 @@
 
 * scripts/train.py end to end in bf16 (fp32 master weights), compiled and eager, padded and packed: the loss falls,
   checkpoints are written, a run killed mid-way resumes to the same losses (within bf16 noise) and weights.
-* FSDP2 through `accelerate launch` on one process: the plain run's losses, a loadable full save, resume.
+* FSDP2 through `accelerate launch` on one process: the plain run's losses, a loadable full save.
 * packed batches (FlexAttention with a per-document block mask) give the padded batch's loss and gradients.
 * scripts/train_sft_trl.py in bf16 with LoRA (when trl is installed).
 * compiled static-cache decoding (the CUDA-graph decoder, dense and MoE) against eager greedy decoding; the compiled training
@@ -13,7 +13,6 @@ Run on a GPU machine: `python -m pytest tests/test_gpu.py -q`.
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -96,29 +95,28 @@ def test_train_script_kill_and_resume_bf16_compiled(data, tmp_path):
     torch.testing.assert_close(torch.tensor(resumed), torch.tensor(expected), rtol=2e-2, atol=2e-2)
 
 
-def test_fsdp2_one_process_trains_like_plain_run_saves_and_resumes(data, tmp_path):
+def test_fsdp2_one_process_trains_like_plain_run_and_saves_a_loadable_model(data, tmp_path):
     """`accelerate launch` with configs/accelerate/fsdp.yaml on one GPU (the multi-GPU kinds are not always lent):
-    the same losses as the plain run, a full state dict that from_pretrained loads, an exact resume."""
+    the plain run's losses and a full state dict that from_pretrained loads. Checkpoints under FSDP are refused
+    with a named error (resume state is pickle-free and not yet gathered from shards)."""
     from transformers import AutoModelForImageTextToText
 
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                   str(REPO_ROOT / "configs" / "accelerate" / "fsdp.yaml"), "--num_processes", "1"]
-    plain, fsdp, resumed = tmp_path / "plain", tmp_path / "fsdp", tmp_path / "resumed"
-    args = ("--save-steps", "10", "--no-compile", "--packing")
+    plain, fsdp = tmp_path / "plain", tmp_path / "fsdp"
+    args = ("--no-compile", "--packing")
     for output, launcher in ((plain, [sys.executable]), (fsdp, accelerate)):
         result = subprocess.run(launcher + _train_args(data, output, *args, steps=20)[1:], capture_output=True,
                                 text=True, timeout=900)
         assert result.returncode == 0, result.stderr[-4000:]
     torch.testing.assert_close(torch.tensor(_losses(fsdp)), torch.tensor(_losses(plain)), rtol=2e-2, atol=2e-2)
     model = AutoModelForImageTextToText.from_pretrained(fsdp, trust_remote_code=True)
-    assert model.config.model_type == "minimind_v"
-    # Resume from the FSDP run's step-10 checkpoint into a copy of its folder: the same last 10 losses.
-    shutil.copytree(fsdp / "checkpoint-10", resumed / "checkpoint-10")
-    result = subprocess.run(accelerate + _train_args(data, resumed, *args, "--resume", steps=20)[1:],
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    torch.testing.assert_close(torch.tensor(_losses(resumed)[-10:]), torch.tensor(_losses(fsdp)[-10:]),
-                               rtol=2e-2, atol=2e-2)
+    plain_model = AutoModelForImageTextToText.from_pretrained(plain, trust_remote_code=True)
+    for (name, p), (_, q) in zip(model.named_parameters(), plain_model.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=5e-2, atol=5e-3, msg=name)
+    refused = subprocess.run(accelerate + _train_args(data, tmp_path / "ckpt", *args, "--save-steps", "5")[1:],
+                             capture_output=True, text=True, timeout=900)
+    assert refused.returncode != 0 and "not supported under FSDP" in refused.stderr
 
 
 def test_packed_and_padded_batches_agree_on_gpu(data):
