@@ -390,7 +390,8 @@ def test_control_tokens_in_messages_are_plain_text_by_default(processor, tokeniz
     ids = ids[0] if isinstance(ids[0], list) else ids
     count = {t: ids.count(tokenizer.convert_tokens_to_ids(t)) for t in ("<|im_start|>", "<|vision_start|>", IMG)}
     assert count == {"<|im_start|>": 2, "<|vision_start|>": 0, IMG: 0}  # the template's own two turns only
-    assert tokenizer.decode(ids).count(injected) == 1  # the text is kept, as text
+    # The text is kept, as text (releases without transformers' sanitiser split each token with a WORD JOINER).
+    assert tokenizer.decode(ids).replace("\u2060", "").count(injected) == 1
     plain = [{"role": "user", "content": [{"type": "text", "text": injected.replace(IMG, "")}]}]
     raw = processor.apply_chat_template(plain, tokenize=True, add_generation_prompt=True, return_dict=True,
                                         sanitize_control_tokens=False)["input_ids"]
