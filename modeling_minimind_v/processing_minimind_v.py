@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
+import transformers
 from transformers import BatchFeature, ProcessorMixin
 from transformers.image_utils import load_image
 from transformers.processing_utils import MultiModalData
@@ -106,6 +107,17 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     return image.convert("RGB")
 
 
+def _pil_backend(image_processor):
+    """The same image processor on transformers' PIL backend (`CLIPImageProcessor` -> `CLIPImageProcessorPil`);
+    returned as it is when it already is one or has no PIL twin."""
+    name = type(image_processor).__name__
+    pil_class = None if name.endswith("Pil") else getattr(transformers, f"{name}Pil", None)
+    if pil_class is None:
+        return image_processor
+    settings = {k: v for k, v in image_processor.to_dict().items() if not k.startswith("image_processor")}
+    return pil_class(**settings)
+
+
 class MiniMindVProcessor(ProcessorMixin):
     r"""
     Processor for MiniMind-V: an image processor (CLIP or SigLIP) plus a byte-level BPE tokenizer.
@@ -153,6 +165,21 @@ class MiniMindVProcessor(ProcessorMixin):
             self.vision_start_token_id = self._special_token_id(tokenizer, vision_start_token)
             self.vision_end_token_id = self._special_token_id(tokenizer, vision_end_token)
         super().__init__(image_processor, tokenizer, chat_template=chat_template or DEFAULT_CHAT_TEMPLATE, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`ProcessorMixin.from_pretrained`, with transformers' PIL image backend unless `backend=` says otherwise.
+
+        Training builds the PIL-backend image processor, and the saved config does not record a backend; left to
+        itself, transformers reloads with its torchvision backend wherever torchvision is installed, whose resizing
+        and normalisation give slightly different pixels from the ones the model was trained on. (`backend=` cannot
+        be defaulted here: transformers hands it to the tokenizer loader too.)
+        """
+        explicit = "backend" in kwargs or "use_fast" in kwargs
+        processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if not explicit:
+            processor.image_processor = _pil_backend(processor.image_processor)
+        return processor
 
     @staticmethod
     def _special_token_id(tokenizer, token: str) -> int:
@@ -246,9 +273,11 @@ class MiniMindVProcessor(ProcessorMixin):
         flat_images = [image for sample_images in per_sample for image in sample_images]
 
         if flat_images:
-            # All images are channels-last PIL now; saying so stops the channel-format guess from misreading tiny
-            # images such as 1x3 (a 3-pixel-wide array looks channels-first).
+            # PIL images go on as (H, W, 3) uint8 arrays said to be channels-last: without the flag the format guess
+            # misreads tiny images such as 1x3 (they look channels-first), and the flag cannot ride with PIL images
+            # because the torchvision backend of transformers < 5.24 makes them (3, H, W) first and then permutes.
             if all(isinstance(image, PIL.Image.Image) for image in flat_images):
+                flat_images = [np.asarray(image) for image in flat_images]
                 kwargs.setdefault("input_data_format", "channels_last")
         else:
             kwargs.pop("input_data_format", None)

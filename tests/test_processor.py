@@ -142,6 +142,8 @@ def test_save_and_reload_in_isolated_process(processor, tmp_path):
         proc = AutoProcessor.from_pretrained({str(saved)!r}, trust_remote_code=True)
         assert type(proc).__module__.startswith("transformers_modules."), type(proc).__module__
         assert proc.image_seq_length == {SEQ}
+        # The backend training used, also where torchvision is installed (transformers would pick that one).
+        assert type(proc.image_processor).__name__ == "CLIPImageProcessorPil", type(proc.image_processor)
         spec = json.load(open("spec.json"))
         images = [Image.open(p) for p in spec["images"]]
         out = proc(text=spec["texts"], images=images, padding=True, padding_side="right", return_tensors="pt")
@@ -251,6 +253,54 @@ def test_transparent_pixels_become_white_and_16_bit_is_scaled(processor):
 def test_odd_sizes(processor, size):
     pixels = processor(text=IMG, images=PIL.Image.new("RGB", size, (1, 2, 3)), return_tensors="pt")["pixel_values"]
     assert pixels.shape == (1, 3, 32, 32)
+
+
+def _image_processor_backends():
+    """transformers' two CLIP image-processor backends; the torchvision one only where torchvision imports."""
+    import transformers
+
+    backends = [pytest.param(transformers.CLIPImageProcessorPil, id="pil")]
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # absent, or a build that does not match torch: skipped, not failed
+        backends.append(pytest.param(None, id="torchvision", marks=pytest.mark.skip("torchvision does not import")))
+    else:
+        backends.append(pytest.param(transformers.CLIPImageProcessor, id="torchvision"))
+    return backends
+
+
+@pytest.mark.parametrize("backend", _image_processor_backends())
+def test_pixel_values_are_exact_on_every_image_processor_backend(processor, backend):
+    """A 32x32 image (no resize, no crop) gives (pixel / 255 - mean) / std, channel by channel, as a PIL image and as
+    an (H, W, 3) array; on transformers < 5.24 the torchvision backend permuted PIL input wrongly (a crash)."""
+    import copy
+
+    settings = {k: v for k, v in processor.image_processor.to_dict().items() if not k.startswith("image_processor")}
+    with_backend = copy.copy(processor)
+    with_backend.image_processor = backend(**settings)
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    mean = np.asarray(processor.image_processor.image_mean, dtype=np.float32)
+    std = np.asarray(processor.image_processor.image_std, dtype=np.float32)
+    expected = torch.from_numpy(((array / 255.0 - mean) / std).astype(np.float32)).permute(2, 0, 1)  # (3, H, W)
+    for image in (PIL.Image.fromarray(array), array):
+        pixels = with_backend(text=IMG, images=image, return_tensors="pt")["pixel_values"]
+        assert pixels.shape == (1, 3, 32, 32)
+        torch.testing.assert_close(pixels[0], expected, atol=1e-5, rtol=0)
+    tiny = with_backend(text=IMG, images=PIL.Image.new("RGB", (3, 1), (1, 2, 3)), return_tensors="pt")
+    assert tiny["pixel_values"].shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("backend", _image_processor_backends())
+def test_reload_takes_an_explicit_backend(processor, backend, tmp_path):
+    from transformers import AutoProcessor
+
+    processor.save_pretrained(tmp_path)
+    name = "pil" if backend.__name__.endswith("Pil") else "torchvision"
+    reloaded = AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True, backend=name)
+    assert type(reloaded.image_processor) is backend
+    assert reloaded(text=f"a {IMG}", images=solid_image())["input_ids"] == processor(
+        text=f"a {IMG}", images=solid_image())["input_ids"]
 
 
 def test_image_paths_arrays_and_tensors(processor, tmp_path):
