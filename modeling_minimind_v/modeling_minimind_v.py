@@ -82,7 +82,16 @@ class MiniMindVPreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus all Auto-class entries and a model card (kept if one exists)."""
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._auto_map}
-        result = super().save_pretrained(save_directory, *args, **kwargs)
+        # FSDP2's fully_shard swaps the model's class for a subclass defined in torch; saved as that, the folder
+        # would carry torch's FSDP source as its remote code. Save as the model's own class (the first one in the
+        # MRO that is not torch's), then put the runtime class back.
+        runtime_class = type(self)
+        own_class = next(c for c in runtime_class.__mro__ if not c.__module__.startswith("torch."))
+        self.__class__ = own_class
+        try:
+            result = super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.__class__ = runtime_class
         card_path = os.path.join(save_directory, "README.md")
         if not os.path.exists(card_path):
             self._write_model_card(card_path, repo=str(save_directory))

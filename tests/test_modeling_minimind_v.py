@@ -366,6 +366,48 @@ def test_save_and_reload_in_process_without_project(tmp_path, isolated):
     )
 
 
+def test_fsdp2_sharded_model_saves_its_own_code_and_reloads(tmp_path, isolated):
+    """FSDP2's fully_shard swaps the model's class for one defined in torch. The full state dict saved from the
+    sharded model must carry this package's code and Auto entries (not torch's FSDP files) and reload to the same
+    logits. One CPU process (gloo), as FSDP2 runs under `accelerate launch` with configs/accelerate/fsdp.yaml."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    model = tiny_model(seed=5).eval()
+    _save_with_reference(model, tmp_path / "unsharded")  # reference.pt: the logits before sharding
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        for layer in model.model.language_model.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        assert isinstance(model, FSDPModule) and type(model).__module__.startswith("torch.")
+        runtime_class = type(model)
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        model.save_pretrained(tmp_path / "ckpt", state_dict=state)
+        assert type(model) is runtime_class  # still sharded after the save
+    finally:
+        dist.destroy_process_group()
+    saved = {p.name for p in (tmp_path / "ckpt").iterdir()}
+    assert {"modeling_minimind_v.py", "modeling_minimind.py", "configuration_minimind_v.py"} <= saved
+    assert not any("fsdp" in name for name in saved), saved
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["architectures"] == ["MiniMindVForConditionalGeneration"]
+    assert config["auto_map"]["AutoModelForImageTextToText"] == "modeling_minimind_v.MiniMindVForConditionalGeneration"
+    isolated(
+        """
+        import torch
+        from transformers import AutoModelForImageTextToText
+        ref = torch.load("reference.pt")
+        model = AutoModelForImageTextToText.from_pretrained("ckpt", trust_remote_code=True).eval()
+        with torch.no_grad():
+            assert torch.equal(model(**ref["inputs"]).logits, ref["logits"])
+        """
+    )
+
+
 def test_push_to_hub_uploads_a_loadable_folder(tmp_path, monkeypatch, isolated):
     import shutil
 

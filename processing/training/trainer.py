@@ -481,13 +481,21 @@ def _finish(run: Run, progress: Progress) -> dict:
         "eval_data": run.eval_dataset.stats.as_dict() if run.eval_dataset is not None else None,
         "parameters": run.parameters, "trained_parts": list(run.parts), "output": str(run.output),
     }
+    # Under FSDP the parameters are shards: every rank joins in gathering the full state dict (on the CPU), and
+    # only the main process writes it. Elsewhere the model's own state dict is already whole.
+    full_state = None
+    if run.accelerator.distributed_type == DistributedType.FSDP:
+        full_state = run.accelerator.get_state_dict(run.model)
     if run.main_process:
         unwrapped = run.accelerator.unwrap_model(run.model)
         if run.config.gradient_checkpointing:
             unwrapped.gradient_checkpointing_disable()
 
         def write(folder: Path) -> None:
-            unwrapped.save_pretrained(folder)
+            if full_state is None:
+                unwrapped.save_pretrained(folder)
+            else:
+                unwrapped.save_pretrained(folder, state_dict=full_state)
             run.processor.save_pretrained(folder)
             run.config.save(folder)
             with open(folder / "train_metrics.json", "w", encoding="utf-8") as f:
