@@ -303,6 +303,20 @@ def test_reload_takes_an_explicit_backend(processor, backend, tmp_path):
         text=f"a {IMG}", images=solid_image())["input_ids"]
 
 
+def test_a_torchvision_image_processor_is_swapped_for_its_pil_twin():
+    """What reloading does where torchvision is installed (here a stand-in named like the torchvision class)."""
+    import transformers
+
+    from modeling_minimind_v.processing_minimind_v import _pil_backend
+
+    stand_in = type("CLIPImageProcessor", (transformers.CLIPImageProcessorPil,), {})
+    loaded = stand_in(size={"shortest_edge": 40}, crop_size={"height": 40, "width": 40}, image_mean=[0.1, 0.2, 0.3])
+    swapped = _pil_backend(loaded)
+    assert type(swapped) is transformers.CLIPImageProcessorPil
+    assert swapped.to_dict() == {**loaded.to_dict(), "image_processor_type": swapped.to_dict()["image_processor_type"]}
+    assert _pil_backend(swapped) is swapped
+
+
 def test_image_paths_arrays_and_tensors(processor, tmp_path):
     path = tmp_path / "red.png"
     solid_image((255, 0, 0)).save(path)
