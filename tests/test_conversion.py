@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPVisionModel, PreTrainedTokenizerFast, Qwen3ForCausalLM, SiglipVisionModel
 
 from conftest import run_script, tiny_model
+from helpers_conversion import text_batch
 from processing.conversion.assembly import convert_qwen3_to_minimind_v, import_qwen3
 from processing.conversion.qwen3 import convert_minimind_v_to_qwen3, qwen3_decoder_fields
 from processing.conversion.random_checkpoints import make_decoder, make_vision
@@ -37,16 +38,6 @@ def reference_tower(folder: Path, kind: str):
     model, info = cls.from_pretrained(folder, output_loading_info=True)
     assert not info["missing_keys"] and not info["mismatched_keys"], info
     return model.eval()
-
-
-def text_batch(seed: int = 0):
-    """A left-padded batch of two prompts over the original (pre-import) vocabulary."""
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(6, 280, (2, 13), generator=generator)
-    mask = torch.ones_like(ids)
-    mask[1, :5] = 0
-    ids[1, :5] = 0
-    return ids, mask
 
 
 @pytest.fixture(scope="module")

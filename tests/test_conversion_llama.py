@@ -12,6 +12,7 @@ import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from conftest import run_script, tiny_model
+from helpers_conversion import text_batch
 from processing.conversion.assembly import convert_qwen3_to_minimind_v, import_qwen3
 from processing.conversion.decoders import export_family_for, export_minimind_v
 from processing.conversion.llama import convert_minimind_v_to_llama, llama_decoder_fields
@@ -34,16 +35,6 @@ def clip_dir(work) -> Path:
 def llama(work: Path, name: str, **options) -> Path:
     folder = work / name
     return folder if folder.exists() else make_decoder(folder, "llama", "tiny", **options)
-
-
-def text_batch(seed: int = 0):
-    """A left-padded batch of two prompts over the original (pre-import) vocabulary."""
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(6, 280, (2, 13), generator=generator)
-    mask = torch.ones_like(ids)
-    mask[1, :5] = 0
-    ids[1, :5] = 0
-    return ids, mask
 
 
 def assert_same_logits(model, reference, vocab: int, atol: float = 1e-5):

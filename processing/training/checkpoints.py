@@ -15,6 +15,7 @@ import re
 import shutil
 from pathlib import Path
 
+from .output import fsync_path
 from .resume_state import CheckpointError, load_training_state, read_json, refuse_pickles
 
 logger = logging.getLogger(__name__)
@@ -26,19 +27,11 @@ _TMP_PREFIX = ".tmp-" + CHECKPOINT_PREFIX
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     for dirpath, _, filenames in os.walk(root):
         for filename in filenames:
-            _fsync_path(Path(dirpath) / filename)
-        _fsync_path(Path(dirpath))
+            fsync_path(Path(dirpath) / filename)
+        fsync_path(Path(dirpath))
 
 
 def is_complete_checkpoint(path: Path) -> bool:
@@ -81,14 +74,14 @@ def finalize_checkpoint(output_dir, step: int, trainer_state: dict) -> Path:
         json.dump({"step": step, "sha256": _checksums(tmp)}, f)
         f.flush()
         os.fsync(f.fileno())
-    _fsync_path(tmp)
+    fsync_path(tmp)
     if final.exists():  # re-saving a step after resuming from an older checkpoint: move the old one out first
         stale = final.with_name(f"{_TMP_PREFIX}stale-{step}")
         shutil.rmtree(stale, ignore_errors=True)
         os.replace(final, stale)
         shutil.rmtree(stale, ignore_errors=True)
     os.replace(tmp, final)
-    _fsync_path(Path(output_dir))
+    fsync_path(Path(output_dir))
     return final
 
 

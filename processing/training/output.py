@@ -73,7 +73,8 @@ def archive_logs(output) -> list[Path]:
     return kept
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk, so a crash cannot leave it half written."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -100,7 +101,7 @@ def save_final(output, write: Callable[[Path], None]) -> None:
     names = sorted((p.name for p in tmp.iterdir()), key=_move_order)
     for name in names:
         if (tmp / name).is_file():
-            _fsync(tmp / name)
+            fsync_path(tmp / name)
     written = set(names)
     for old in output.iterdir():
         # save_pretrained's weight names only (model.safetensors, model-0000N-of-0000M.safetensors, the index).
@@ -115,7 +116,7 @@ def save_final(output, write: Callable[[Path], None]) -> None:
             if target.is_dir():
                 shutil.rmtree(target)
         os.replace(tmp / name, target)
-    _fsync(output)
+    fsync_path(output)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
