@@ -15,51 +15,22 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from conftest import REPO_ROOT, run_isolated
+from helpers_shapes import QUESTION, save_untrained_model, write_shape_rows
 
-from modeling_minimind_v import MiniMindVConfig, MiniMindVForConditionalGeneration
-from processing.processors import build_processor
-from processing.synthetic import COLORS, POSITIONS, SHAPES, render_image
-from processing.tokenizers import load_default_tokenizer
 
-QUESTION = "What is in the image?"
 TRAIN_ROWS, EVAL_ROWS, STEPS = 2000, 40, 250
 MAX_NEW_TOKENS = 6
-
-
-def _rows(root, split: str, n: int, rng: random.Random) -> list[dict]:
-    rows = []
-    for i in range(n):
-        obj = {"color": rng.choice(COLORS), "shape": rng.choice(SHAPES), "cell": rng.choice(POSITIONS)}
-        path = f"images/{split}_{i}.png"
-        render_image([obj], 48).save(root / path)
-        rows.append({"conversations": [{"role": "user", "content": f"<image>\n{QUESTION}"},
-                                       {"role": "assistant", "content": f"{obj['color']} {obj['shape']}"}],
-                     "image": path, "type": "what"})
-    return rows
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(folder of the trained model, eval rows): trained through scripts/train.py, the path users run."""
     root = tmp_path_factory.mktemp("e2e")
-    (root / "images").mkdir()
     rng = random.Random(0)
     for split, n in (("train", TRAIN_ROWS), ("eval", EVAL_ROWS)):
-        with open(root / f"{split}.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(row) + "\n" for row in _rows(root, split, n, rng))
-    tokenizer = load_default_tokenizer()
-    config = MiniMindVConfig(
-        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-        intermediate_size=128, max_position_embeddings=256, rope_theta=10000.0, initializer_range=0.1,
-        vision_config={"model_type": "clip_vision_model", "hidden_size": 64, "intermediate_size": 128,
-                       "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 48, "patch_size": 16,
-                       "projection_dim": 64},
-    )
-    torch.manual_seed(0)
-    MiniMindVForConditionalGeneration(config).save_pretrained(root / "init")
-    build_processor(tokenizer, config.vision_config, config.image_seq_length).save_pretrained(root / "init")
+        write_shape_rows(root, split, n, rng)
+    save_untrained_model(root / "init")
     subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), "--model", str(root / "init"), "--data",
          str(root / "train.jsonl"), "--output", str(root / "model"), "--train", "vision,projector,decoder",

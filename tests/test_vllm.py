@@ -14,7 +14,6 @@ transformers); skipped elsewhere. Tiny models here keep head_dim 32: vLLM's CPU 
 
 import base64
 import io
-import json
 import os
 import random
 import socket
@@ -31,15 +30,12 @@ vllm = pytest.importorskip(
 )
 
 from conftest import REPO_ROOT  # noqa: E402
+from helpers_shapes import QUESTION, save_untrained_model, write_shape_rows  # noqa: E402
 
-from modeling_minimind_v import MiniMindVConfig, MiniMindVForConditionalGeneration  # noqa: E402
-from processing.processors import build_processor  # noqa: E402
-from processing.synthetic import COLORS, POSITIONS, SHAPES, render_image  # noqa: E402
-from processing.tokenizers import load_default_tokenizer  # noqa: E402
+from processing.synthetic import render_image  # noqa: E402
 from processing.training.config import TrainConfig  # noqa: E402
 from processing.training.trainer import train  # noqa: E402
 
-QUESTION = "What is in the image?"
 TRAIN_ROWS, STEPS, MAX_NEW_TOKENS = 2000, 250, 6
 # Engine settings for a CPU test machine: fp32 for parity, eager (no compile), a small KV cache and context.
 ENGINE = dict(model_impl="transformers", trust_remote_code=True, dtype="float32", max_model_len=512,
@@ -56,42 +52,15 @@ MOE = dict(num_experts=4, num_experts_per_tok=2, n_shared_experts=1, moe_interme
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache on CPU (the default takes much more)
 
 
-def _rows(root, n: int, rng: random.Random) -> list[dict]:
-    rows = []
-    for i in range(n):
-        obj = {"color": rng.choice(COLORS), "shape": rng.choice(SHAPES), "cell": rng.choice(POSITIONS)}
-        path = f"images/train_{i}.png"
-        render_image([obj], 48).save(root / path)
-        rows.append({"conversations": [{"role": "user", "content": f"<image>\n{QUESTION}"},
-                                       {"role": "assistant", "content": f"{obj['color']} {obj['shape']}"}],
-                     "image": path})
-    return rows
-
-
 @pytest.fixture(scope="module")
 def shapes_rows(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vllm_data")
-    (root / "images").mkdir()
-    with open(root / "train.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row) + "\n" for row in _rows(root, TRAIN_ROWS, random.Random(0)))
-    return root / "train.jsonl"
+    return write_shape_rows(tmp_path_factory.mktemp("vllm_data"), "train", TRAIN_ROWS, random.Random(0))
 
 
 def _trained(root, data, **decoder) -> str:
     """A tiny MiniMind-V (head_dim 32), trained with the project's trainer and saved with its processor."""
-    tokenizer = load_default_tokenizer()
-    config = MiniMindVConfig(
-        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-        intermediate_size=128, max_position_embeddings=512, rope_theta=10000.0, initializer_range=0.1,
-        vision_config={"model_type": "clip_vision_model", "hidden_size": 64, "intermediate_size": 128,
-                       "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 48, "patch_size": 16,
-                       "projection_dim": 64},
-        **decoder,
-    )
+    config = save_untrained_model(root / "init", max_position_embeddings=512, **decoder)
     assert config.text_config.head_dim == 32
-    torch.manual_seed(0)
-    MiniMindVForConditionalGeneration(config).save_pretrained(root / "init")
-    build_processor(tokenizer, config.vision_config, config.image_seq_length).save_pretrained(root / "init")
     train(TrainConfig(model=str(root / "init"), data=str(data), output=str(root / "model"),
                       train="vision,projector,decoder", max_steps=STEPS, batch_size=32, lr=3e-3, warmup_ratio=0.05,
                       weight_decay=0.0, seed=0))
