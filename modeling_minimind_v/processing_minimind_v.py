@@ -26,7 +26,7 @@ import transformers
 from transformers import BatchFeature, ProcessorMixin
 from transformers.image_utils import load_image
 from transformers.processing_utils import MultiModalData
-from transformers.utils import is_numpy_array, logging
+from transformers.utils import is_numpy_array, is_torchvision_available, logging
 
 from .compat import SANITIZE_SUPPORTED, neutralise_control_tokens, strip_marked_control_tokens
 
@@ -107,15 +107,26 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     return image.convert("RGB")
 
 
-def _pil_backend(image_processor):
-    """The same image processor on transformers' PIL backend (`CLIPImageProcessor` -> `CLIPImageProcessorPil`);
-    returned as it is when it already is one or has no PIL twin."""
+IMAGE_BACKENDS = ("pil", "torchvision")
+
+
+def _with_backend(image_processor, backend: str):
+    """The same image processor on transformers' `backend` ("pil": `CLIPImageProcessorPil`, "torchvision":
+    `CLIPImageProcessor`); returned as it is when it already is on it or has no twin on it. Without torchvision,
+    "torchvision" keeps the PIL backend with a warning, as transformers does."""
+    if backend not in IMAGE_BACKENDS:
+        raise ValueError(f"backend={backend!r}: the image processor backend is one of {', '.join(IMAGE_BACKENDS)}")
+    if backend == "torchvision" and not is_torchvision_available():
+        logger.warning("backend='torchvision' needs torchvision, which is not installed: the PIL backend is kept")
+        backend = "pil"
     name = type(image_processor).__name__
-    pil_class = None if name.endswith("Pil") else getattr(transformers, f"{name}Pil", None)
-    if pil_class is None:
+    base = name.removesuffix("Pil")
+    target = f"{base}Pil" if backend == "pil" else base
+    target_class = None if target == name else getattr(transformers, target, None)
+    if target_class is None:
         return image_processor
     settings = {k: v for k, v in image_processor.to_dict().items() if not k.startswith("image_processor")}
-    return pil_class(**settings)
+    return target_class(**settings)
 
 
 class MiniMindVProcessor(ProcessorMixin):
@@ -172,13 +183,14 @@ class MiniMindVProcessor(ProcessorMixin):
 
         Training builds the PIL-backend image processor, and the saved config does not record a backend; left to
         itself, transformers reloads with its torchvision backend wherever torchvision is installed, whose resizing
-        and normalisation give slightly different pixels from the ones the model was trained on. (`backend=` cannot
-        be defaulted here: transformers hands it to the tokenizer loader too.)
+        and normalisation give slightly different pixels from the ones the model was trained on. `backend=` (and the
+        deprecated `use_fast=`) is applied to the image processor here and not passed on: transformers would hand it
+        to the tokenizer too, which then takes it for its own backend and refuses assistant masks.
         """
-        explicit = "backend" in kwargs or "use_fast" in kwargs
+        use_fast = kwargs.pop("use_fast", None)
+        backend = kwargs.pop("backend", None) or ("torchvision" if use_fast else "pil")
         processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        if not explicit:
-            processor.image_processor = _pil_backend(processor.image_processor)
+        processor.image_processor = _with_backend(processor.image_processor, backend)
         return processor
 
     @staticmethod

@@ -292,7 +292,9 @@ def test_pixel_values_are_exact_on_every_image_processor_backend(processor, back
 
 
 @pytest.mark.parametrize("backend", _image_processor_backends())
-def test_reload_takes_an_explicit_backend(processor, backend, tmp_path):
+def test_reload_takes_an_explicit_backend_for_the_images_only(processor, backend, tmp_path):
+    """`backend=` picks the image processor's backend; the tokenizer is untouched (transformers would hand it the
+    flag as its own backend and then refuse assistant masks)."""
     from transformers import AutoProcessor
 
     processor.save_pretrained(tmp_path)
@@ -301,20 +303,26 @@ def test_reload_takes_an_explicit_backend(processor, backend, tmp_path):
     assert type(reloaded.image_processor) is backend
     assert reloaded(text=f"a {IMG}", images=solid_image())["input_ids"] == processor(
         text=f"a {IMG}", images=solid_image())["input_ids"]
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Red."}]
+    masks = reloaded.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    mask = masks["assistant_masks"][0] if isinstance(masks["assistant_masks"][0], list) else masks["assistant_masks"]
+    assert 0 < sum(mask) < len(mask)
+    with pytest.raises(ValueError, match="backend='tv'"):
+        AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True, backend="tv")
 
 
 def test_a_torchvision_image_processor_is_swapped_for_its_pil_twin():
     """What reloading does where torchvision is installed (here a stand-in named like the torchvision class)."""
     import transformers
 
-    from modeling_minimind_v.processing_minimind_v import _pil_backend
+    from modeling_minimind_v.processing_minimind_v import _with_backend
 
     stand_in = type("CLIPImageProcessor", (transformers.CLIPImageProcessorPil,), {})
     loaded = stand_in(size={"shortest_edge": 40}, crop_size={"height": 40, "width": 40}, image_mean=[0.1, 0.2, 0.3])
-    swapped = _pil_backend(loaded)
+    swapped = _with_backend(loaded, "pil")
     assert type(swapped) is transformers.CLIPImageProcessorPil
     assert swapped.to_dict() == {**loaded.to_dict(), "image_processor_type": swapped.to_dict()["image_processor_type"]}
-    assert _pil_backend(swapped) is swapped
+    assert _with_backend(swapped, "pil") is swapped
 
 
 def test_image_paths_arrays_and_tensors(processor, tmp_path):
