@@ -23,19 +23,26 @@ class VLMCollator:
       to predict the next row's first token (in padded mode the label shift drops it anyway: losses match).
 
     ``pad_to_multiple_of`` rounds the batch length up (padded: more padding; packed: one trailing all-padding row of
-    its own), so a compiled step sees few distinct shapes and does not recompile for every batch.
+    its own), so a compiled step sees few distinct shapes and does not recompile for every batch. ``pad_rows_to``
+    (padded mode) fills a short batch (an epoch's last one, or one that lost rows to load errors) up to that many rows
+    with copies of its last row whose labels are all -100: they add no loss and no gradient, and a compiled step
+    keeps its batch size instead of recompiling (minutes at real model sizes). ``num_tokens`` / ``num_targets``
+    count the real rows only.
 
     ``pixel_values`` are concatenated in order of appearance. Plain-int entries ``num_tokens`` (real tokens) and
     ``num_targets`` (tokens that are prediction targets after the shift) let the trainer weight losses without
     touching tensors; it removes them, and ``skipped``, before calling the model.
     """
 
-    def __init__(self, pad_token_id: int, packing: bool = False, pad_to_multiple_of: int | None = None):
-        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
-            raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
+    def __init__(self, pad_token_id: int, packing: bool = False, pad_to_multiple_of: int | None = None,
+                 pad_rows_to: int | None = None):
+        for name, value in (("pad_to_multiple_of", pad_to_multiple_of), ("pad_rows_to", pad_rows_to)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         self.pad_token_id = pad_token_id
         self.packing = packing
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.pad_rows_to = None if packing else pad_rows_to  # packed batches are one row whatever their count
 
     def _rounded(self, length: int) -> int:
         multiple = self.pad_to_multiple_of or 1
@@ -51,6 +58,11 @@ class VLMCollator:
         if not items:
             return batch
         lengths = [len(item["input_ids"]) for item in items]
+        num_tokens = sum(lengths)
+        if self.pad_rows_to and len(items) < self.pad_rows_to:
+            filler = dict(items[-1], labels=torch.full_like(items[-1]["labels"], IGNORE_INDEX))
+            items = items + [filler] * (self.pad_rows_to - len(items))
+            lengths = [len(item["input_ids"]) for item in items]
         if self.packing:
             labels = torch.cat([item["labels"] for item in items])
             starts = torch.tensor([0] + lengths[:-1]).cumsum(0)
@@ -78,7 +90,7 @@ class VLMCollator:
         pixels = [item["pixel_values"] for item in items if item["pixel_values"] is not None]
         if pixels:
             batch["pixel_values"] = torch.cat(pixels)
-        batch["num_tokens"] = sum(lengths)
+        batch["num_tokens"] = num_tokens
         batch["num_targets"] = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         return batch
 

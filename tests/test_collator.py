@@ -60,3 +60,33 @@ def test_padding_to_a_multiple_changes_shapes_but_not_the_loss(tiny_processor, s
             return model(**{k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}).loss
 
     torch.testing.assert_close(loss(rounded), loss(plain), rtol=1e-6, atol=1e-6)
+
+
+def test_filling_a_short_batch_keeps_loss_gradients_and_counts(tiny_processor, shapes_data):
+    """pad_rows_to (used with a compiled step) fills an epoch's short last batch with label-free copies: the batch
+    keeps the compiled batch size while loss, gradients and the token / target counts stay those of the real rows."""
+    dataset = VLMDataset(shapes_data / "sft.jsonl", tiny_processor)
+    items = [dataset[i] for i in range(3)]
+    model = tiny_model(seed=3, initializer_range=0.3).float().train()
+
+    def loss_and_grads(batch):
+        model.zero_grad(set_to_none=True)
+        loss = model(**{k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = VLMCollator(0)(items)
+    filled = VLMCollator(0, pad_rows_to=8)(items)
+    assert filled["input_ids"].shape == (8, plain["input_ids"].shape[1])
+    assert filled["pixel_values"].shape[0] == 8 and (filled["labels"][3:] == -100).all()
+    assert (filled["num_tokens"], filled["num_targets"]) == (plain["num_tokens"], plain["num_targets"])
+    assert VLMCollator(0, pad_rows_to=3)(items)["input_ids"].shape[0] == 3  # a full batch is left alone
+    assert VLMCollator(0, packing=True, pad_rows_to=8)(items)["input_ids"].shape[0] == 1  # packed: one row anyway
+    loss_plain, grads_plain = loss_and_grads(plain)
+    loss_filled, grads_filled = loss_and_grads(filled)
+    torch.testing.assert_close(loss_filled, loss_plain, rtol=1e-6, atol=1e-6)
+    assert grads_filled.keys() == grads_plain.keys()
+    for name in grads_plain:
+        torch.testing.assert_close(grads_filled[name], grads_plain[name], rtol=1e-5, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="pad_rows_to must be >= 1"):
+        VLMCollator(0, pad_rows_to=0)

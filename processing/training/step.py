@@ -52,15 +52,24 @@ def resolve_compile(requested: bool | None) -> bool:
     return torch.cuda.is_available() if requested is None else requested
 
 
-def compile_for_training(model: torch.nn.Module) -> torch.nn.Module:
+def compile_for_training(model: torch.nn.Module, backend: str = "inductor") -> torch.nn.Module:
     """Compile the model's forward in place (`nn.Module.compile`, so state-dict keys and saving are unchanged).
 
     The chunked loss and a few data-dependent checks run eagerly (graph breaks by design); sequence lengths vary
-    between batches, so dynamic shapes are allowed after the first recompile.
+    between batches, so dynamic shapes are allowed after the first recompile. What else would recompile is kept
+    constant: the loss denominator is a tensor (TrainStep) and short batches are filled up (VLMCollator.pad_rows_to).
+    `backend`: torch.compile's (tests use "eager": recompiles come from Dynamo's guards, whatever the backend).
     """
-    model.compile(dynamic=None)
+    model.compile(dynamic=None, backend=backend)
     logger.info("training step: torch.compile on the model's forward")
     return model
+
+
+def eager_forward(compiled: bool):
+    """Context in which a model compiled by `compile_for_training` runs eagerly: evaluation passes (eval mode and
+    their own batch shapes would each compile graphs of their own, minutes at real sizes, for a few hundred rows)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6; older ones compile the eval graph
+    return set_stance("force_eager") if compiled and set_stance is not None else nullcontext()
 
 
 class TrainStep:
@@ -79,6 +88,9 @@ class TrainStep:
         # gradient is the token mean over the whole window, whatever the split into micro-batches (x world: DDP
         # averages over processes).
         denominator = max(num_targets, 1) / world
+        # A CPU tensor, not a float: torch.compile guards on a float's value and recompiled the whole forward on the
+        # second step; a tensor is guarded on its dtype only, and the (eager) loss reads it without a GPU sync.
+        denominator = torch.tensor(denominator, dtype=torch.float32)
         loss_sum = torch.zeros((), device=accelerator.device)
         for index, batch in enumerate(window):
             weight = 1.0
@@ -107,4 +119,5 @@ class TrainStep:
         return StepResult(loss_sum, lr, num_tokens, grad_norm)
 
 
-__all__ = ["StepResult", "TrainStep", "compile_for_training", "micro_batch_loss", "resolve_compile", "token_loss"]
+__all__ = ["StepResult", "TrainStep", "compile_for_training", "eager_forward", "micro_batch_loss", "resolve_compile",
+           "token_loss"]
