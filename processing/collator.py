@@ -27,7 +27,8 @@ class VLMCollator:
     (padded mode) fills a short batch (an epoch's last one, or one that lost rows to load errors) up to that many rows
     with copies of its last row whose labels are all -100: they add no loss and no gradient, and a compiled step
     keeps its batch size instead of recompiling (minutes at real model sizes). ``num_tokens`` / ``num_targets``
-    count the real rows only.
+    count the real rows only. (With an MoE decoder the copies' tokens do enter the router balance loss, which averages
+    over every attended token: one batch per epoch weights one row's routing a little more.)
 
     ``pixel_values`` are concatenated in order of appearance. Plain-int entries ``num_tokens`` (real tokens) and
     ``num_targets`` (tokens that are prediction targets after the shift) let the trainer weight losses without
