@@ -34,6 +34,5 @@ def test_compiled_step_does_not_recompile_after_its_first_step(tiny_processor, s
     assert len({n for _, n, _ in [first, *later]}) == 3  # three different loss denominators
     with torch.compiler.set_stance("fail_on_recompile"):
         losses += [step(*inputs).numbers()[0] for inputs in later]
-        eval_loss = evaluate(step.accelerator, model, torch.utils.data.Subset(dataset, range(3)), collator, 4,
-                             compiled=True)
+        eval_loss = evaluate(step.accelerator, model, torch.utils.data.Subset(dataset, range(3)), collator, 4)
     assert all(torch.isfinite(torch.tensor([*losses, eval_loss])))

@@ -65,11 +65,12 @@ def compile_for_training(model: torch.nn.Module, backend: str = "inductor") -> t
     return model
 
 
-def eager_forward(compiled: bool):
-    """Context in which a model compiled by `compile_for_training` runs eagerly: evaluation passes (eval mode and
-    their own batch shapes would each compile graphs of their own, minutes at real sizes, for a few hundred rows)."""
+def eager_forward():
+    """Context in which a model compiled by `compile_for_training` runs eagerly (an uncompiled one is unaffected):
+    evaluation passes, whose eval mode and batch shapes would each compile graphs of their own (minutes at real
+    sizes) for a few hundred rows."""
     set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6; older ones compile the eval graph
-    return set_stance("force_eager") if compiled and set_stance is not None else nullcontext()
+    return set_stance("force_eager") if set_stance is not None else nullcontext()
 
 
 class TrainStep:

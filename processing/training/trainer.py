@@ -334,9 +334,9 @@ class _Stepper:
 
 
 @torch.no_grad()
-def evaluate(accelerator, model, dataset, collator, batch_size: int, compiled: bool = False) -> float:
+def evaluate(accelerator, model, dataset, collator, batch_size: int) -> float:
     """Token-weighted mean loss over `dataset`; each process takes a disjoint stride, so nothing is counted twice.
-    A compiled model (`compiled`) runs eagerly here (see `eager_forward`)."""
+    A compiled model runs eagerly here (see `eager_forward`)."""
     indices = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
     # Its own generator: creating the iterator must not draw from the global RNG that dropout uses (see _loader).
     loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, collate_fn=collator,
@@ -351,7 +351,7 @@ def evaluate(accelerator, model, dataset, collator, batch_size: int, compiled: b
         if "input_ids" not in batch:
             continue
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        with accelerator.autocast(), eager_forward(compiled):
+        with accelerator.autocast(), eager_forward():
             out = net(**batch, num_items_in_batch=1)  # reduction "sum" over target tokens
         totals += torch.tensor([token_loss(out).item(), num_targets], dtype=torch.float64, device=accelerator.device)
     net.train(was_training)
@@ -406,8 +406,7 @@ def _log_step(run: Run, pending: _PendingLog, progress: Progress, bar) -> None:
 
 
 def _evaluate_and_log(run: Run, progress: Progress, epoch: float) -> None:
-    progress.eval_loss = evaluate(run.accelerator, run.model, run.eval_dataset, run.collator, run.config.batch_size,
-                                  compiled=resolve_compile(run.config.compile))
+    progress.eval_loss = evaluate(run.accelerator, run.model, run.eval_dataset, run.collator, run.config.batch_size)
     progress.last_eval_step = run.state.global_step
     run.eval_log.write({"step": run.state.global_step, "epoch": epoch, "eval_loss": progress.eval_loss})
     logger.info("epoch %s: eval loss %.4f", epoch, progress.eval_loss)
