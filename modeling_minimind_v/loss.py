@@ -90,13 +90,27 @@ class _LinearCrossEntropy(torch.autograd.Function):
 @torch.compiler.disable  # data-dependent sizes (labelled positions) and a Python chunk loop: keep it eager
 def chunked_causal_lm_loss(hidden_states: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                            num_items_in_batch: int | torch.Tensor | None = None,
-                           ignore_index: int = -100) -> torch.Tensor:
+                           ignore_index: int = -100, num_targets: int | torch.Tensor | None = None) -> torch.Tensor:
     """Equals `ForCausalLMLoss(hidden_states @ weight.T, labels)`: labels shift by one, `ignore_index` skipped, mean
-    over labelled tokens (or sum / `num_items_in_batch` under gradient accumulation)."""
+    over labelled tokens (or sum / `num_items_in_batch` under gradient accumulation).
+
+    `num_targets`: how many positions of this batch are targets after the shift, when the caller counted them on the
+    host (the trainer's collator does). The labelled positions are then found without a device-to-host sync, so the
+    host can queue the next step's work while the GPU still runs this one; without it they are found by `nonzero`,
+    which waits for the forward pass to finish.
+    """
     # Position t predicts labels[t + 1]; the last position predicts nothing.
     targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), ignore_index)], dim=1)
     targets = targets.reshape(-1)
-    keep = (targets != ignore_index).nonzero().squeeze(1)
+    is_target = targets != ignore_index
+    if num_targets is None:
+        keep = is_target.nonzero().squeeze(1)
+    else:
+        count = int(num_targets.item() if torch.is_tensor(num_targets) else num_targets)  # a host value: no sync
+        if targets.device.type == "cpu" and count != int(is_target.sum()):  # free to check where there is no sync
+            raise ValueError(f"num_targets={count} but the labels hold {int(is_target.sum())} target positions")
+        # A stable sort puts the target positions first, in order: the first `count` are exactly nonzero()'s.
+        keep = torch.sort((~is_target).to(torch.int8), stable=True).indices[:count]
     hidden = hidden_states.reshape(-1, hidden_states.shape[-1]).index_select(0, keep)  # [N, h]
     targets = targets.index_select(0, keep)
     if num_items_in_batch is None:

@@ -239,7 +239,8 @@ def lm_head_outputs(model, hidden_states, labels, logits_to_keep, router_logits,
     loss = logits = None
     if labels is not None and model.training and isinstance(logits_to_keep, int) and logits_to_keep == 0:
         loss = chunked_causal_lm_loss(hidden_states, model.lm_head.weight, labels,
-                                      num_items_in_batch=kwargs.get("num_items_in_batch"))
+                                      num_items_in_batch=kwargs.get("num_items_in_batch"),
+                                      num_targets=kwargs.get("num_targets"))
     else:
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = model.lm_head(hidden_states[:, keep, :])

@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -343,10 +344,43 @@ def _release(device):
     torch.compiler.reset()
 
 
+def step_alone(config, warmup_steps: int, timed_steps: int, device) -> dict:
+    """The trainer's own step (TrainStep, set up by the trainer's `setup`: model, compile, collator, optimizer) on the
+    trainer's own first batches, loaded onto the device beforehand: what the end-to-end run would reach if loading
+    data and logging cost nothing. The batches are those the end-to-end run timed (same seed, same sampler)."""
+    from .training.step import TrainStep
+    from .training.trainer import setup
+
+    run, _ = setup(config)
+    iterator = iter(run.loader)
+    windows = [[next(iterator)] for _ in range(warmup_steps + timed_steps)]  # grad_accum 1: one batch per step
+    del iterator  # the workers are done
+    step = TrainStep(run.accelerator, run.model, run.optimizer, run.scheduler, run.trainable, config.max_grad_norm)
+
+    def call(window):
+        batch = window[0]
+        batch.pop("skipped")
+        tokens = batch.pop("num_tokens")
+        return step(window, batch["num_targets"], tokens), tokens
+
+    for window in windows[:warmup_steps]:
+        result, _ = call(window)
+    result.numbers()
+    sync(device)
+    start, tokens = time.perf_counter(), 0
+    for window in windows[warmup_steps:]:
+        result, n = call(window)
+        tokens += n
+    result.numbers()
+    sync(device)
+    return {"tokens_per_s": tokens / (time.perf_counter() - start), "steps_timed": timed_steps}
+
+
 def measure_end_to_end(args, device) -> dict:
     """scripts/train.py's own loop (`processing.training.trainer.train`) on synthetic shapes data, padded and packed:
-    tokens/s of real tokens as its train_log.jsonl reports them (median over the steps after the first
-    `--warmup-steps`, which compile)."""
+    tokens/s of real tokens as its train_log.jsonl reports them, over the steps after the first `--warmup-steps`
+    (which compile): `tokens_per_s` is their median, `mean_tokens_per_s` their total tokens over their total time.
+    Beside each, the same step alone on the same batches (`step_alone`), and the ratio of the two."""
     import statistics
     import tempfile
 
@@ -365,21 +399,28 @@ def measure_end_to_end(args, device) -> dict:
             image_size = AutoConfig.from_pretrained(args.e2e_model).vision_config.image_size
         make_dataset(Path(tmp) / "data", args.e2e_rows, 8, seed=0, image_size=image_size)
         for packing in (False, True):
-            output = Path(tmp) / ("packed" if packing else "padded")
+            layout = "packed" if packing else "padded"
             config = TrainConfig(
-                **source, stage="sft", data=str(Path(tmp) / "data" / "sft.jsonl"), output=str(output),
+                **source, stage="sft", data=str(Path(tmp) / "data" / "sft.jsonl"), output=str(Path(tmp) / layout),
                 max_steps=args.warmup_steps + args.train_steps, batch_size=args.e2e_batch_size, lr=1e-5,
                 warmup_ratio=0.0, mixed_precision="bf16" if device.type == "cuda" else "no", packing=packing,
                 num_workers=args.num_workers, compile=None if not args.no_compile else False, seed=0,
             )
             metrics = train(config)
-            steps = read_jsonl_log(output / "train_log.jsonl")[args.warmup_steps:]
-            results["packed" if packing else "padded"] = {
+            steps = read_jsonl_log(Path(config.output) / "train_log.jsonl")[args.warmup_steps:]
+            seconds = sum(r["tokens"] / r["tokens_per_s"] for r in steps) if steps else 0.0
+            entry = results[layout] = {
                 "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steps) if steps else None,
+                "mean_tokens_per_s": sum(r["tokens"] for r in steps) / seconds if seconds else None,
                 "steps_timed": len(steps), "final_loss": metrics["final_loss"],
                 "run_tokens_per_s": metrics["tokens_per_s"],
             }
             _release(device)
+            if steps:
+                entry["step_alone"] = step_alone(replace(config, output=str(Path(tmp) / f"{layout}-step")),
+                                                 args.warmup_steps, len(steps), device)
+                entry["e2e_vs_step"] = entry["mean_tokens_per_s"] / entry["step_alone"]["tokens_per_s"]
+                _release(device)
     padded, packed = results["padded"]["tokens_per_s"], results["packed"]["tokens_per_s"]
     results["packing_speedup"] = packed / padded if padded and packed else None
     return results

@@ -32,7 +32,8 @@ class VLMCollator:
 
     ``pixel_values`` are concatenated in order of appearance. Plain-int entries ``num_tokens`` (real tokens) and
     ``num_targets`` (tokens that are prediction targets after the shift) let the trainer weight losses without
-    touching tensors; it removes them, and ``skipped``, before calling the model.
+    touching tensors; it removes ``num_tokens`` and ``skipped`` before calling the model and hands ``num_targets`` to
+    the loss, which then selects the labelled positions without a device-to-host sync.
     """
 
     def __init__(self, pad_token_id: int, packing: bool = False, pad_to_multiple_of: int | None = None,

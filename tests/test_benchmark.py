@@ -26,12 +26,17 @@ def test_tiny_benchmark_measures_both_systems():
 
 def test_end_to_end_mode_runs_the_trainer_padded_and_packed_to_the_same_losses():
     """--modes e2e trains through processing.training.trainer on synthetic data twice, padded and packed; same data,
-    same seed and equal per-batch losses, so the two final losses agree while each reports its own tokens/s."""
+    same seed and equal per-batch losses, so the two final losses agree while each reports its own tokens/s, and the
+    step alone on the same batches."""
     args = Namespace(preset="tiny", device="cpu", compare_hf=False, modes="e2e", systems="minimind", batch_size=2,
                      seq_len=32, gen_batch="1", new_tokens=3, train_steps=2, warmup_steps=1, no_compile=True,
                      e2e_model=None, e2e_rows=32, e2e_batch_size=8, num_workers=0, profile=False)
     e2e = run_benchmark(args)["minimind_e2e"]
     for layout in ("padded", "packed"):
         assert e2e[layout]["steps_timed"] == 2 and e2e[layout]["tokens_per_s"] > 0
+        # Beside the loop, the trainer's step alone on the same batches (the "within 10% of its own step" target).
+        alone = e2e[layout]["step_alone"]
+        assert alone["steps_timed"] == 2 and alone["tokens_per_s"] > 0
+        assert e2e[layout]["e2e_vs_step"] == pytest.approx(e2e[layout]["mean_tokens_per_s"] / alone["tokens_per_s"])
     assert e2e["packed"]["final_loss"] == pytest.approx(e2e["padded"]["final_loss"], abs=1e-4)
     assert e2e["packing_speedup"] == pytest.approx(e2e["packed"]["tokens_per_s"] / e2e["padded"]["tokens_per_s"])

@@ -6,7 +6,7 @@
 * packed batches (FlexAttention with a per-document block mask) give the padded batch's loss and gradients.
 * scripts/train_sft_trl.py in bf16 with LoRA (when trl is installed).
 * compiled static-cache decoding (the CUDA-graph decoder, dense and MoE) against eager greedy decoding; the compiled training
-  step against the eager one; the chunked loss in bf16.
+  step against the eager one; the chunked loss in bf16; the trainer's step runs without a device-to-host sync.
 
 Run on a GPU machine: `python -m pytest tests/test_gpu.py -q`.
 """
@@ -197,6 +197,56 @@ def test_compiled_training_step_matches_eager():
         results.append((loss.detach(), model.lm_head.weight.grad.clone()))
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-4, rtol=1e-3)
+
+
+# Run in a child process: Accelerate's state is process-wide, and this step needs its own (bf16) accelerator.
+SYNC_FREE_STEP = """
+import torch
+from accelerate import Accelerator
+from conftest import tiny_model
+from processing.collator import VLMCollator
+from processing.dataset import VLMDataset
+from processing.training.optim import build_optimizer, build_param_groups, warmup_cosine_schedule
+from processing.training.step import TrainStep, compile_for_training
+from conftest import shipped_processor
+import sys
+
+dataset = VLMDataset(sys.argv[1], shipped_processor())
+accelerator = Accelerator(mixed_precision="bf16")
+model = compile_for_training(tiny_model(seed=0).cuda().float().train())
+groups = build_param_groups(model, 1e-3, 0.01)
+optimizer = build_optimizer(groups, 1e-3)
+model, optimizer = accelerator.prepare(model, optimizer)
+scheduler = warmup_cosine_schedule(optimizer.optimizer, 10, 1)
+step = TrainStep(accelerator, model, optimizer, scheduler, [p for g in groups for p in g["params"]], 1.0)
+collator = VLMCollator(0, pad_to_multiple_of=64, pad_rows_to=8)
+
+def window(start):
+    batch = collator([dataset[i] for i in range(start, start + 8)])
+    batch.pop("skipped")
+    tokens = batch.pop("num_tokens")
+    return [{k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}], batch["num_targets"], tokens
+
+first = [step(*window(0)), step(*window(8))]  # compiles
+first[-1].numbers()
+torch.cuda.synchronize()
+torch.cuda.set_sync_debug_mode("error")  # any device-to-host wait inside the step now raises
+results = [step(*window(start)) for start in (16, 24, 32)]
+torch.cuda.set_sync_debug_mode(0)
+print("losses", [r.numbers()[0] for r in first + results])
+"""
+
+
+def test_trainer_step_never_waits_for_the_gpu(data):
+    """The whole optimizer step (compiled forward, chunked loss, backward, clipping, fused AdamW, schedule) queues
+    its work without a device-to-host sync, so the host runs ahead and the GPU never idles between steps."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests"),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", SYNC_FREE_STEP, str(data / "sft.jsonl")], capture_output=True,
+                            text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    losses = json.loads(result.stdout.split("losses", 1)[1].strip())
+    assert len(losses) == 5 and all(loss == loss for loss in losses)
 
 
 def test_bf16_autocast_chunked_loss_close_to_fp32():

@@ -48,3 +48,20 @@ def test_chunked_loss_scales_gradients_by_the_upstream_gradient():
     model.zero_grad(set_to_none=True)
     (model(input_ids=ids, labels=labels).loss * 1024.0).backward()  # what a grad scaler does
     torch.testing.assert_close(model.lm_head.weight.grad, grads["model.language_model.embed_tokens.weight"] * 1024.0)
+
+
+def test_host_counted_targets_give_the_same_loss_and_gradients_and_a_wrong_count_is_refused():
+    # num_targets (the collator's count) replaces the loss's nonzero(), a device-to-host sync, with a stable sort.
+    model = tiny_model(seed=3)
+    ids, labels = _batch(model.config.text_config.vocab_size)
+    ref_loss, ref_grads = _loss_and_grads(model, ids, labels, autocast=False, training=True)
+    count = int((labels[:, 1:] != -100).sum())
+    model.zero_grad(set_to_none=True)
+    loss = model(input_ids=ids, labels=labels, num_targets=torch.tensor(count)).loss
+    loss.backward()
+    assert torch.equal(loss.detach(), ref_loss)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.equal(p.grad, ref_grads[name]), name
+    with pytest.raises(ValueError, match="num_targets=.*target positions"):
+        model(input_ids=ids, labels=labels, num_targets=count - 1)

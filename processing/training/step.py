@@ -3,7 +3,8 @@ clipping, AdamW and the schedule. The trainer (`processing/training/trainer.py`)
 (`processing/benchmark.py`) both run this class, so the benchmark times exactly what `scripts/train.py` runs.
 
 The step never waits for the GPU: the loss and the gradient norm stay device tensors until the caller reads them
-(the trainer reads a step's numbers after the next step has been queued).
+(the trainer reads a step's numbers after the next step has been queued), and the loss finds its labelled positions
+from the collator's host-side count instead of a `nonzero` that would wait for the forward pass.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ class TrainStep:
         self.last_good_batch = None
 
     def __call__(self, window: list[dict], num_targets: int, num_tokens: int) -> StepResult:
-        """`num_targets` / `num_tokens`: prediction targets and real tokens of the window over all processes."""
+        """`num_targets` / `num_tokens`: prediction targets and real tokens of the window over all processes. A
+        micro-batch may carry its own target count under "num_targets" (an int, as the collator gives it)."""
         accelerator = self.accelerator
         world = accelerator.num_processes
         # Every micro-batch's loss is a sum over its targets divided by the window's target count, so a step's
@@ -95,6 +97,12 @@ class TrainStep:
         loss_sum = torch.zeros((), device=accelerator.device)
         for index, batch in enumerate(window):
             weight = 1.0
+            batch = dict(batch)
+            # The collator's count of this micro-batch's targets, as a CPU tensor (a tensor for the same reason as
+            # the denominator): the loss then finds the labelled positions without waiting for the GPU.
+            count = batch.pop("num_targets", None)
+            if count is not None:
+                batch["num_targets"] = torch.tensor(count, dtype=torch.int64)
             if "input_ids" not in batch:  # every row of this micro-batch failed to load
                 if world == 1 or self.last_good_batch is None:
                     continue

@@ -317,7 +317,7 @@ class _Stepper:
     def _counts(self, window: list[dict]) -> tuple[int, int]:
         """(target tokens, real tokens) of the window over all processes; records lazily skipped rows."""
         run = self.run
-        num_targets = sum(b.pop("num_targets") for b in window)
+        num_targets = sum(b["num_targets"] for b in window)  # left in each batch: TrainStep hands it to the loss
         num_tokens = sum(b.pop("num_tokens") for b in window)
         for b in window:
             for reason, count in b.pop("skipped").items():
@@ -392,7 +392,7 @@ def _log_step(run: Run, pending: _PendingLog, progress: Progress, bar) -> None:
     progress.last_loss = loss
     record = {
         "step": pending.step, "loss": loss, "lr": result.lr,
-        "tokens_per_s": result.num_tokens / max(pending.seconds, 1e-9),
+        "tokens": result.num_tokens, "tokens_per_s": result.num_tokens / max(pending.seconds, 1e-9),
         "epoch": round(pending.epoch + pending.batch_in_epoch / run.plan.batches_per_epoch, 4),
     }
     if grad_norm is not None:
