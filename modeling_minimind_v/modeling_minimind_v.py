@@ -1,9 +1,9 @@
 """MiniMind-V: vision tower -> projector -> placeholder merge -> MiniMind decoder, as transformers models.
 
 `MiniMindVModel` (AutoModel) embeds the prompt, replaces each image placeholder embedding with one projected image
-feature (LLaVA's get_image_features -> placeholder mask -> masked_scatter) and runs its `language_model`, a
-`MiniMindModel`, on `inputs_embeds`; it returns hidden states, so trainers that call the inner model (TRL's fused LM
-head) and serving engines (vLLM's Transformers backend) see the images. `MiniMindVForConditionalGeneration`
+feature (LLaVA's get_image_features -> placeholder mask -> masked_scatter, here a gather) and runs its
+`language_model`, a `MiniMindModel`, on `inputs_embeds`; it returns hidden states, so trainers that call the inner
+model (TRL's fused LM head) and serving engines (vLLM's Transformers backend) see the images. `MiniMindVForConditionalGeneration`
 (AutoModelForImageTextToText / AutoModelForCausalLM) adds the LM head, the loss and `generate`. Remote code: imports
 only torch, transformers and files of this folder.
 """
@@ -208,7 +208,7 @@ class MiniMindVModel(MiniMindVPreTrainedModel):
         return int(past_key_values.get_seq_length()) > 0 and not bool(placeholder_mask.any())
 
     def merge_image_features(self, inputs_embeds, placeholder_mask, image_features) -> torch.Tensor:
-        """Write image features, in order, into the placeholder positions (one vectorised masked_scatter)."""
+        """Write image features, in order, into the placeholder positions (vectorised, no host sync)."""
         if not torch.compiler.is_compiling():
             n_tokens = int(placeholder_mask.sum())
             n_images, seq_len = image_features.shape[:2]
@@ -218,8 +218,13 @@ class MiniMindVModel(MiniMindVPreTrainedModel):
                     f"(id {self.config.image_token_id}) but {n_images} image(s) x {seq_len} features = "
                     f"{n_images * seq_len} image features"
                 )
-        mask = placeholder_mask.unsqueeze(-1).expand_as(inputs_embeds)
-        return inputs_embeds.masked_scatter(mask, image_features.to(inputs_embeds.dtype))
+        # masked_scatter's semantics (the k-th placeholder takes the k-th feature row) as a gather + where: the
+        # backward of masked_scatter waits for the GPU (it counts the mask on the host), a gather's does not.
+        features = image_features.reshape(-1, image_features.shape[-1]).to(inputs_embeds.dtype)  # [n * seq, h]
+        if features.shape[0] == 0:
+            return inputs_embeds
+        index = (placeholder_mask.reshape(-1).cumsum(0) - 1).clamp(min=0).view(placeholder_mask.shape)  # [b, s]
+        return torch.where(placeholder_mask.unsqueeze(-1), features[index], inputs_embeds)
 
     def forward(
         self,
