@@ -393,10 +393,8 @@ def measure_end_to_end(args, device) -> dict:
     image_size = MiniMindVConfig.from_preset(args.preset).vision_config.image_size if not args.e2e_model else None
     results = {}
     with tempfile.TemporaryDirectory(prefix="minimind-e2e-") as tmp:
-        if image_size is None:
-            from transformers import AutoConfig
-
-            image_size = AutoConfig.from_pretrained(args.e2e_model).vision_config.image_size
+        if image_size is None:  # the folder's own config, read by the project's class (no remote code to trust)
+            image_size = MiniMindVConfig.from_pretrained(args.e2e_model).vision_config.image_size
         make_dataset(Path(tmp) / "data", args.e2e_rows, 8, seed=0, image_size=image_size)
         for packing in (False, True):
             layout = "packed" if packing else "padded"
