@@ -3,9 +3,9 @@
 `MiniMindVModel` (AutoModel) embeds the prompt, replaces each image placeholder embedding with one projected image
 feature (LLaVA's get_image_features -> placeholder mask -> masked_scatter, here a gather) and runs its
 `language_model`, a `MiniMindModel`, on `inputs_embeds`; it returns hidden states, so trainers that call the inner
-model (TRL's fused LM head) and serving engines (vLLM's Transformers backend) see the images. `MiniMindVForConditionalGeneration`
-(AutoModelForImageTextToText / AutoModelForCausalLM) adds the LM head, the loss and `generate`. Remote code: imports
-only torch, transformers and files of this folder.
+model (TRL's fused LM head) and serving engines (vLLM's Transformers backend) see the images.
+`MiniMindVForConditionalGeneration` (AutoModelForImageTextToText / AutoModelForCausalLM) adds the LM head, the loss
+and `generate`. Remote code: imports only torch, transformers and files of this folder.
 """
 
 import os

@@ -6,14 +6,15 @@ same projector. Measured per system: an SFT training step (vision frozen, decode
 tokens/s, MFU against the peak TFLOPS and peak memory; `generate` tokens/s at each generate batch size (prompt = one
 image + text tokens, a fixed number of new tokens, greedy, EOS disabled) with time to first token (vision tower +
 prefill + first token choice) and, on CUDA, a decode profile per token: GPU time, kernels, and the bytes a step must
-read (weights + KV cache) as a fraction of the measured device-to-device copy rate. LLaVA runs as most users run it (eager,
-dynamic cache) and in its best mode (torch.compile for training, static cache for generate, which compiles the
-decode step).
+read (weights + KV cache) as a fraction of the measured device-to-device copy rate. LLaVA runs as most users run it
+(eager, dynamic cache) and in its best mode (torch.compile for training, static cache for generate, which compiles
+the decode step). The e2e mode runs the trainer itself (`measure_end_to_end`).
 """
 
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import logging
 import time
@@ -352,9 +353,13 @@ def step_alone(config, warmup_steps: int, timed_steps: int, device) -> dict:
     from .training.trainer import setup
 
     run, _ = setup(config)
-    iterator = iter(run.loader)
-    windows = [[next(iterator)] for _ in range(warmup_steps + timed_steps)]  # grad_accum 1: one batch per step
-    del iterator  # the workers are done
+    def epochs():  # as the trainer runs them: a short dataset takes several epochs
+        for epoch in itertools.count():
+            run.sampler.set_epoch(epoch)
+            yield from run.loader
+
+    # grad_accum 1: one batch per step
+    windows = [[batch] for batch in itertools.islice(epochs(), warmup_steps + timed_steps)]
     step = TrainStep(run.accelerator, run.model, run.optimizer, run.scheduler, run.trainable, config.max_grad_norm)
 
     def call(window):
@@ -376,11 +381,34 @@ def step_alone(config, warmup_steps: int, timed_steps: int, device) -> dict:
     return {"tokens_per_s": tokens / (time.perf_counter() - start), "steps_timed": timed_steps}
 
 
-def measure_end_to_end(args, device) -> dict:
-    """scripts/train.py's own loop (`processing.training.trainer.train`) on synthetic shapes data, padded and packed:
-    tokens/s of real tokens as its train_log.jsonl reports them, over the steps after the first `--warmup-steps`
-    (which compile): `tokens_per_s` is their median, `mean_tokens_per_s` their total tokens over their total time.
-    Beside each, the same step alone on the same batches (`step_alone`), and the ratio of the two."""
+# Presets whose token ids are a real tokenizer's (the project's own tokenizer cannot train them from scratch): the e2e
+# mode builds a random checkpoint of their shape with such a tokenizer, as scripts/make_random_checkpoint.py +
+# scripts/import_qwen3.py would, so nothing is downloaded. (decoder family, decoder shape, vision shape)
+E2E_RANDOM_CHECKPOINTS = {"qwen3-0.6b": ("qwen3", "qwen3-0.6b", "base")}
+
+
+def _e2e_model_source(args, tmp: Path) -> dict:
+    """TrainConfig's model source for the e2e runs: --e2e-model, a random checkpoint of the preset's shape, or the
+    preset itself."""
+    if args.e2e_model:
+        return {"model": args.e2e_model}
+    if args.preset not in E2E_RANDOM_CHECKPOINTS:
+        return {"config": args.preset}
+    from .conversion.assembly import convert_qwen3_to_minimind_v
+    from .conversion.random_checkpoints import make_random_pair
+
+    family, shape, vision_shape = E2E_RANDOM_CHECKPOINTS[args.preset]
+    decoder, vision = make_random_pair(tmp / "random", family, shape, vision_shape=vision_shape)
+    logger.info("e2e: a random %s checkpoint (%s decoder, ViT-B/16 tower) in %s", args.preset, family, tmp)
+    return {"model": str(convert_qwen3_to_minimind_v(decoder, vision, tmp / "model"))}
+
+
+def measure_end_to_end(args, device, report=None) -> dict:
+    """scripts/train.py's own loop (`processing.training.trainer.train`) on synthetic shapes data, in each layout of
+    --e2e-layouts (padded, packed): tokens/s of real tokens as its train_log.jsonl reports them, over the steps after
+    the first `--warmup-steps` (which compile): `tokens_per_s` is their median, `mean_tokens_per_s` their total
+    tokens over their total time. Beside each, the same step alone on the same batches (`step_alone`), and the ratio
+    of the two. `report(results)` is called as each number arrives (the script writes its JSON then)."""
     import statistics
     import tempfile
 
@@ -389,20 +417,24 @@ def measure_end_to_end(args, device) -> dict:
     from .training.log import read_jsonl_log
     from .training.trainer import train
 
-    source = {"model": args.e2e_model} if args.e2e_model else {"config": args.preset}
-    image_size = MiniMindVConfig.from_preset(args.preset).vision_config.image_size if not args.e2e_model else None
+    layouts = [layout.strip() for layout in args.e2e_layouts.split(",") if layout.strip()]
+    if not layouts or set(layouts) - {"padded", "packed"}:
+        raise ValueError(f"--e2e-layouts takes padded and/or packed, got {args.e2e_layouts!r}")
+    report = report or (lambda results: None)
     results = {}
     with tempfile.TemporaryDirectory(prefix="minimind-e2e-") as tmp:
-        if image_size is None:  # the folder's own config, read by the project's class (no remote code to trust)
-            image_size = MiniMindVConfig.from_pretrained(args.e2e_model).vision_config.image_size
-        make_dataset(Path(tmp) / "data", args.e2e_rows, 8, seed=0, image_size=image_size)
-        for packing in (False, True):
-            layout = "packed" if packing else "padded"
+        tmp = Path(tmp)
+        source = _e2e_model_source(args, tmp)
+        config_of = MiniMindVConfig.from_pretrained(source["model"]) if "model" in source else \
+            MiniMindVConfig.from_preset(source["config"])  # the folder's own config, read without remote code
+        make_dataset(tmp / "data", args.e2e_rows, 8, seed=0, image_size=config_of.vision_config.image_size)
+        for layout in layouts:
             config = TrainConfig(
-                **source, stage="sft", data=str(Path(tmp) / "data" / "sft.jsonl"), output=str(Path(tmp) / layout),
+                **source, stage="sft", data=str(tmp / "data" / "sft.jsonl"), output=str(tmp / layout),
                 max_steps=args.warmup_steps + args.train_steps, batch_size=args.e2e_batch_size, lr=1e-5,
-                warmup_ratio=0.0, mixed_precision="bf16" if device.type == "cuda" else "no", packing=packing,
-                num_workers=args.num_workers, compile=None if not args.no_compile else False, seed=0,
+                warmup_ratio=0.0, mixed_precision="bf16" if device.type == "cuda" else "no",
+                packing=layout == "packed", num_workers=args.num_workers,
+                compile=None if not args.no_compile else False, seed=0,
             )
             metrics = train(config)
             steps = read_jsonl_log(Path(config.output) / "train_log.jsonl")[args.warmup_steps:]
@@ -413,14 +445,17 @@ def measure_end_to_end(args, device) -> dict:
                 "steps_timed": len(steps), "final_loss": metrics["final_loss"],
                 "run_tokens_per_s": metrics["tokens_per_s"],
             }
+            report(results)
             _release(device)
             if steps:
-                entry["step_alone"] = step_alone(replace(config, output=str(Path(tmp) / f"{layout}-step")),
+                entry["step_alone"] = step_alone(replace(config, output=str(tmp / f"{layout}-step")),
                                                  args.warmup_steps, len(steps), device)
                 entry["e2e_vs_step"] = entry["mean_tokens_per_s"] / entry["step_alone"]["tokens_per_s"]
+                report(results)
                 _release(device)
-    padded, packed = results["padded"]["tokens_per_s"], results["packed"]["tokens_per_s"]
-    results["packing_speedup"] = packed / padded if padded and packed else None
+    if "padded" in results and "packed" in results:
+        padded, packed = results["padded"]["tokens_per_s"], results["packed"]["tokens_per_s"]
+        results["packing_speedup"] = packed / padded if padded and packed else None
     return results
 
 
@@ -454,8 +489,9 @@ def format_table(results, args) -> str:
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows)
 
 
-def run_benchmark(args) -> dict:
-    """Run the benchmark `args` describes (the flags of scripts/benchmark.py); returns the results."""
+def run_benchmark(args, partial=None) -> dict:
+    """Run the benchmark `args` describes (the flags of scripts/benchmark.py); returns the results. `partial(results)`
+    is called with the results so far as each measurement finishes (so a run cut short keeps what it measured)."""
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but no CUDA device is available")
@@ -474,13 +510,20 @@ def run_benchmark(args) -> dict:
         systems["llava_best"] = ("llava", can_compile, True, True)
     wanted = args.systems.split(",")
     if "e2e" in args.modes.split(","):  # first: it runs the trainer, which builds its own model
-        results["minimind_e2e"] = measure_end_to_end(args, device)
+        def report(e2e):
+            results["minimind_e2e"] = e2e
+            if partial is not None:
+                partial(results)
+
+        results["minimind_e2e"] = measure_end_to_end(args, device, report)
     with torch.autocast(device.type, enabled=False) if device.type == "cuda" else nullcontext():
         for name, (system, compile_train, fused, static_gen) in systems.items():
             if name not in wanted:
                 continue
             results[name] = run_system(system, name, config, args, device, dtype, compile_train, fused, static_gen,
                                        profile=args.profile and name == "minimind")
+            if partial is not None:
+                partial(results)
     results["ratios"] = {
         "train_tokens_per_s_vs_llava_best": ratio(results, "minimind", "llava_best", "train", "tokens_per_s"),
         "train_tokens_per_s_vs_llava_eager": ratio(results, "minimind", "llava_eager", "train", "tokens_per_s"),

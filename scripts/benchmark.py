@@ -4,7 +4,9 @@
     python scripts/benchmark.py --preset tiny --device cpu --compare-hf             # smoke test
 
 `--modes e2e` runs scripts/train.py's own loop (processing.training.trainer) on synthetic shapes data, padded and
-packed, and reports the tokens/s its log records; `train` times the same step function on a fixed batch.
+packed, and reports the tokens/s its log records beside the same step alone on the same batches; `train` times the
+step function on a fixed batch. For qwen3-0.6b the e2e runs train a random checkpoint of that shape with a Qwen3-style
+tokenizer, built locally (nothing is downloaded). --json-out is rewritten after every measurement.
 
 Both models are random-init, bf16 on GPU (fp32 on CPU), same vision tower (the preset's CLIP), same decoder shapes,
 same projector. Measured per system: an SFT training step (vision frozen, decoder + projector trained, AdamW) in
@@ -50,6 +52,7 @@ def parse_args(argv=None):
                         "project's tokenizer)")
     p.add_argument("--e2e-rows", type=int, default=3000, help="e2e: synthetic training images")
     p.add_argument("--e2e-batch-size", type=int, default=32, help="e2e: rows per step")
+    p.add_argument("--e2e-layouts", default="padded,packed", help="e2e: comma list of padded, packed")
     p.add_argument("--num-workers", type=int, default=8, help="e2e: DataLoader workers")
     p.add_argument("--json-out", default=None)
     return p.parse_args(argv)
@@ -58,15 +61,18 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    def write(results):  # after every measurement: a run cut short (a time limit) keeps what it measured
+        if args.json_out:
+            with open(args.json_out, "w") as f:
+                json.dump(results, f, indent=2)
+
     try:
-        results = run_benchmark(args)
+        results = run_benchmark(args, partial=write)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from error
     print(format_table(results, args))
     print(json.dumps(results, indent=2))
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(results, f, indent=2)
+    write(results)
     return results
 
 

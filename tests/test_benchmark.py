@@ -30,8 +30,11 @@ def test_end_to_end_mode_runs_the_trainer_padded_and_packed_to_the_same_losses()
     step alone on the same batches."""
     args = Namespace(preset="tiny", device="cpu", compare_hf=False, modes="e2e", systems="minimind", batch_size=2,
                      seq_len=32, gen_batch="1", new_tokens=3, train_steps=2, warmup_steps=1, no_compile=True,
-                     e2e_model=None, e2e_rows=32, e2e_batch_size=8, num_workers=0, profile=False)
-    e2e = run_benchmark(args)["minimind_e2e"]
+                     e2e_model=None, e2e_rows=32, e2e_batch_size=8, num_workers=0, profile=False,
+                     e2e_layouts="padded,packed")
+    seen = []  # what the script's --json-out would hold after each measurement
+    e2e = run_benchmark(args, partial=lambda r: seen.append(sorted(r.get("minimind_e2e", {}))))["minimind_e2e"]
+    assert seen[0] == ["padded"] and {"padded", "packed"} <= set(seen[-1])
     for layout in ("padded", "packed"):
         assert e2e[layout]["steps_timed"] == 2 and e2e[layout]["tokens_per_s"] > 0
         # Beside the loop, the trainer's step alone on the same batches (the "within 10% of its own step" target).
@@ -40,3 +43,19 @@ def test_end_to_end_mode_runs_the_trainer_padded_and_packed_to_the_same_losses()
         assert e2e[layout]["e2e_vs_step"] == pytest.approx(e2e[layout]["mean_tokens_per_s"] / alone["tokens_per_s"])
     assert e2e["packed"]["final_loss"] == pytest.approx(e2e["padded"]["final_loss"], abs=1e-4)
     assert e2e["packing_speedup"] == pytest.approx(e2e["packed"]["tokens_per_s"] / e2e["padded"]["tokens_per_s"])
+
+
+def test_end_to_end_mode_builds_a_random_checkpoint_for_presets_that_need_a_real_tokenizer(monkeypatch):
+    """qwen3-0.6b's token ids are Qwen3's: the e2e mode trains a random checkpoint of that shape, built and imported
+    locally (make_random_pair + the Qwen3 import). Here the same path at the tiny shape, padded only."""
+    import processing.benchmark as benchmark
+
+    monkeypatch.setitem(benchmark.E2E_RANDOM_CHECKPOINTS, "tiny", ("qwen3", "tiny", "tiny"))
+    args = Namespace(preset="tiny", device="cpu", compare_hf=False, modes="e2e", systems="none", batch_size=2,
+                     seq_len=32, gen_batch="1", new_tokens=3, train_steps=2, warmup_steps=1, no_compile=True,
+                     e2e_model=None, e2e_rows=16, e2e_batch_size=8, num_workers=0, profile=False,
+                     e2e_layouts="padded")
+    e2e = run_benchmark(args)["minimind_e2e"]
+    assert set(e2e) == {"padded"} and e2e["padded"]["steps_timed"] == 2 and e2e["padded"]["final_loss"] > 0
+    with pytest.raises(ValueError, match="--e2e-layouts"):
+        run_benchmark(Namespace(**{**vars(args), "e2e_layouts": "padded,sorted"}))
