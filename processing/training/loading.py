@@ -28,8 +28,12 @@ def load_model_and_processor(model_dir=None, preset: str | None = None, require_
         raise ValueError("give exactly one of model_dir and preset")
     if preset is not None:
         config = MiniMindVConfig.from_preset(preset)
-        model = MiniMindVForConditionalGeneration(config)
         processor = _shipped_processor(config)
+        _check_match(config, processor, hint=(
+            f". --config {preset} needs its own tokenizer: build a checkpoint with scripts/import_qwen3.py (from "
+            "real weights, or from scripts/make_random_checkpoint.py --family qwen3 --shape qwen3-0.6b "
+            "--vision-shape base, nothing downloaded) and pass it as --model"))  # before allocating the model
+        model = MiniMindVForConditionalGeneration(config)
     else:
         model = MiniMindVForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
         try:
@@ -40,10 +44,14 @@ def load_model_and_processor(model_dir=None, preset: str | None = None, require_
                 raise ValueError(f"{model_dir} has no MiniMind-V processor ({error})") from error
             logger.warning("no processor in %s (%s); using the shipped tokenizer", model_dir, error)
             processor = _shipped_processor(model.config)
-    problems = processor_problems(model.config, processor)
-    if problems:
-        raise ValueError("model and processor do not match: " + "; ".join(problems))
+        _check_match(model.config, processor)
     return model, processor
+
+
+def _check_match(config, processor, hint: str = "") -> None:
+    problems = processor_problems(config, processor)
+    if problems:
+        raise ValueError("model and processor do not match: " + "; ".join(problems) + hint)
 
 
 def _shipped_processor(config):
