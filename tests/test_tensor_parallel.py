@@ -53,7 +53,9 @@ def test_tp_plan_auto_on_two_cpu_processes(tmp_path, moe):
          sys.executable, "-c", WORKER, str(tmp_path / "model"), str(tmp_path)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-             "HF_MODULES_CACHE": str(tmp_path / "hf_modules")},
+             "HF_MODULES_CACHE": str(tmp_path / "hf_modules"),
+             # kept when set: transformers 5.25 kernelizes every model unless told not to
+             **{k: os.environ[k] for k in ("USE_HUB_KERNELS",) if k in os.environ}},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     hidden, head_dim = text.hidden_size, text.head_dim
