@@ -155,8 +155,8 @@ def measure_training(model, batch, args, device, compile_model, fused, profile=F
     num_targets = int((batch["labels"][:, 1:] != -100).sum())
     num_tokens = batch["input_ids"].numel()
 
-    def run_step():
-        return step([dict(batch)], num_targets, num_tokens)
+    def run_step():  # the batch carries its target count, as the trainer's collator gives it
+        return step([dict(batch, num_targets=num_targets)], num_targets, num_tokens)
 
     start = time.perf_counter()
     for _ in range(args.warmup_steps):
@@ -346,13 +346,13 @@ def _release(device):
 
 
 def step_alone(config, warmup_steps: int, timed_steps: int, device) -> dict:
-    """The trainer's own step (TrainStep, set up by the trainer's `setup`: model, compile, collator, optimizer) on the
+    """The trainer's own step (its Stepper, set up by the trainer's `setup`: model, compile, collator, optimizer) on the
     trainer's own first batches, loaded onto the device beforehand: what the end-to-end run would reach if loading
     data and logging cost nothing. The batches are those the end-to-end run timed (same seed, same sampler)."""
-    from .training.step import TrainStep
-    from .training.trainer import setup
+    from .training.trainer import Stepper, setup
 
     run, _ = setup(config)
+
     def epochs():  # as the trainer runs them: a short dataset takes several epochs
         for epoch in itertools.count():
             run.sampler.set_epoch(epoch)
@@ -360,22 +360,15 @@ def step_alone(config, warmup_steps: int, timed_steps: int, device) -> dict:
 
     # grad_accum 1: one batch per step
     windows = [[batch] for batch in itertools.islice(epochs(), warmup_steps + timed_steps)]
-    step = TrainStep(run.accelerator, run.model, run.optimizer, run.scheduler, run.trainable, config.max_grad_norm)
-
-    def call(window):
-        batch = window[0]
-        batch.pop("skipped")
-        tokens = batch.pop("num_tokens")
-        return step(window, batch["num_targets"], tokens), tokens
-
+    step = Stepper(run)  # what the trainer's loop calls: counts the window, then TrainStep
     for window in windows[:warmup_steps]:
-        result, _ = call(window)
+        result = step(window)
     result.numbers()
     sync(device)
     start, tokens = time.perf_counter(), 0
     for window in windows[warmup_steps:]:
-        result, n = call(window)
-        tokens += n
+        result = step(window)
+        tokens += result.num_tokens
     result.numbers()
     sync(device)
     return {"tokens_per_s": tokens / (time.perf_counter() - start), "steps_timed": timed_steps}

@@ -306,8 +306,9 @@ def _windows(iterable, size: int):
         yield chunk
 
 
-class _Stepper:
-    """Counts a window's tokens and skipped rows, then runs the shared TrainStep on it."""
+class Stepper:
+    """Counts a window's tokens and skipped rows, then runs the shared TrainStep on it (the trainer's loop and the
+    benchmark's `step_alone` call this)."""
 
     def __init__(self, run: Run):
         self.run = run
@@ -417,7 +418,7 @@ def _evaluate_and_log(run: Run, progress: Progress, epoch: float) -> None:
 def _train_epochs(run: Run) -> Progress:
     """Run the optimizer steps from the restored state to the planned total; evaluate after every full epoch."""
     config, state, plan = run.config, run.state, run.plan
-    stepper, progress = _Stepper(run), Progress()
+    stepper, progress = Stepper(run), Progress()
     bar = tqdm(total=plan.total_steps, initial=state.global_step, desc="train", dynamic_ncols=True,
                disable=not run.accelerator.is_local_main_process)
     step_start = time.perf_counter()
@@ -531,6 +532,6 @@ def train(config: TrainConfig) -> dict:
 
 
 __all__ = [
-    "Plan", "RESUME_INVARIANTS", "Run", "State", "cpu_multiprocess", "evaluate", "local_main_process",
+    "Plan", "RESUME_INVARIANTS", "Run", "State", "Stepper", "cpu_multiprocess", "evaluate", "local_main_process",
     "save_checkpoint", "setup", "train",
 ]
