@@ -6,6 +6,7 @@ folder's remote code.
 """
 
 import json
+import os
 import subprocess
 import sys
 
