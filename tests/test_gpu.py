@@ -203,15 +203,15 @@ def test_compiled_training_step_matches_eager():
 
 # Run in a child process: Accelerate's state is process-wide, and this step needs its own (bf16) accelerator.
 SYNC_FREE_STEP = """
+import sys
+
 import torch
 from accelerate import Accelerator
-from conftest import tiny_model
+from conftest import shipped_processor, tiny_model
 from processing.collator import VLMCollator
 from processing.dataset import VLMDataset
 from processing.training.optim import build_optimizer, build_param_groups, warmup_cosine_schedule
 from processing.training.step import TrainStep, compile_for_training
-from conftest import shipped_processor
-import sys
 
 dataset = VLMDataset(sys.argv[1], shipped_processor())
 accelerator = Accelerator(mixed_precision="bf16")
