@@ -150,3 +150,46 @@ def test_epoch_sampler_is_a_function_of_seed_and_epoch():
     b.set_epoch(3)
     assert list(a) != list(b)
     assert list(EpochSampler(50, seed=4)) != list(EpochSampler(50, seed=3))
+
+
+def test_bfloat16_pixels_halve_the_cache_and_round_like_autocast(tiny_processor, shapes_data):
+    path = shapes_data / "sft.jsonl"
+    full = VLMDataset(path, tiny_processor, cache_images=True)
+    half = VLMDataset(path, tiny_processor, cache_images=True, pixel_dtype=torch.bfloat16)
+    lazy = VLMDataset(path, tiny_processor, cache_images=False, pixel_dtype=torch.bfloat16)
+    assert full.pixel_cache.dtype == torch.float32 and half.pixel_cache.dtype == torch.bfloat16
+    assert half.pixel_cache.nbytes * 2 == full.pixel_cache.nbytes
+    assert torch.equal(half.pixel_cache, full.pixel_cache.to(torch.bfloat16))
+    for i in range(len(full)):  # cached or decoded per access: the same values
+        assert torch.equal(lazy[i]["pixel_values"], full[i]["pixel_values"].to(torch.bfloat16))
+    # The cache budget counts the dtype's bytes: a budget between the two sizes caches only the bfloat16 pixels.
+    budget = full.pixel_cache.nbytes - 1
+    assert VLMDataset(path, tiny_processor, cache_bytes=budget, pixel_dtype=torch.bfloat16).pixel_cache is not None
+    assert VLMDataset(path, tiny_processor, cache_bytes=budget).pixel_cache is None
+
+
+def test_bfloat16_pixels_give_the_fp32_pixels_loss_and_gradients_under_bf16_autocast(tiny_processor, shapes_data):
+    """Why the trainer keeps pixels in bfloat16 under bf16 mixed precision: the vision tower's patch convolution casts
+    its input to bfloat16 under autocast, so bfloat16 pixels change nothing, bit for bit, tower trained or not."""
+    from conftest import tiny_model
+
+    dataset = VLMDataset(shapes_data / "sft.jsonl", tiny_processor, cache_images=True)
+    batch = VLMCollator(dataset.pad_token_id)([dataset[i] for i in range(4)])
+    model = tiny_model(seed=0).float().train()  # fp32 master weights, every part trained (the tower too)
+    model.requires_grad_(True)
+
+    def loss_and_grads(pixels):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                         pixel_values=pixels).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ref_loss, ref_grads = loss_and_grads(batch["pixel_values"])
+    loss, grads = loss_and_grads(batch["pixel_values"].to(torch.bfloat16))
+    assert batch["pixel_values"].dtype == torch.float32
+    assert torch.equal(loss, ref_loss)
+    assert any("vision_tower" in n for n in grads) and grads.keys() == ref_grads.keys()
+    for name, grad in grads.items():
+        assert torch.equal(grad, ref_grads[name]), name

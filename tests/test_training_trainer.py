@@ -284,3 +284,19 @@ def test_compiled_run_compiles_once_through_short_batches_epochs_and_evaluation(
     assert "Recompiling" not in done.stderr, done.stderr[-3000:]
     assert "torch.compile on the model's forward" in done.stderr  # compiled indeed
     assert len(_losses(output)) == 4 and (output / "eval_log.jsonl").read_text().count("\n") == 2
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16", "torch.bfloat16"), ("no", "torch.float32")])
+def test_the_trainer_keeps_pixels_in_the_autocast_dtype(data, init_dir, tmp_path, precision, dtype):
+    """Under bf16 the dataset caches and hands over bfloat16 pixels (same numbers under autocast, half the bytes;
+    tests/test_dataset.py checks the equality); otherwise fp32. Its own process: Accelerate's state is process-wide."""
+    code = (
+        "import sys; from processing.training.config import TrainConfig; from processing.training.trainer import setup\n"
+        f"run, _ = setup(TrainConfig(model={str(init_dir)!r}, stage='sft', data={str(data / 'sft.jsonl')!r}, "
+        f"output={str(tmp_path / 'out')!r}, mixed_precision={precision!r}, num_workers=0))\n"
+        "batch = next(iter(run.loader))\n"
+        "print(run.dataset.pixel_cache.dtype, batch['pixel_values'].dtype)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=CHILD_ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-2:] == [dtype, dtype]
