@@ -207,17 +207,28 @@ class MiniMindVModel(MiniMindVPreTrainedModel):
             return False
         return int(past_key_values.get_seq_length()) > 0 and not bool(placeholder_mask.any())
 
+    def check_image_tokens(self, placeholder_mask: torch.Tensor, n_images: int | None,
+                           seq_len: int | None = None) -> None:
+        """The prompt's image placeholders must match the images' features one to one (`n_images` None: no
+        pixel_values). Reads the mask on the host, so callers skip it inside compiled code and check before."""
+        n_tokens = int(placeholder_mask.sum())
+        if n_images is None:
+            if n_tokens:
+                raise ValueError(f"The input has {n_tokens} image tokens (id {self.config.image_token_id}) "
+                                 "but no pixel_values were given")
+            return
+        seq_len = self.config.image_seq_length if seq_len is None else seq_len
+        if n_tokens != n_images * seq_len:
+            raise ValueError(
+                f"Image features and image tokens do not match: the input has {n_tokens} image tokens "
+                f"(id {self.config.image_token_id}) but {n_images} image(s) x {seq_len} features = "
+                f"{n_images * seq_len} image features"
+            )
+
     def merge_image_features(self, inputs_embeds, placeholder_mask, image_features) -> torch.Tensor:
         """Write image features, in order, into the placeholder positions (vectorised, no host sync)."""
         if not torch.compiler.is_compiling():
-            n_tokens = int(placeholder_mask.sum())
-            n_images, seq_len = image_features.shape[:2]
-            if n_tokens != n_images * seq_len:
-                raise ValueError(
-                    f"Image features and image tokens do not match: the input has {n_tokens} image tokens "
-                    f"(id {self.config.image_token_id}) but {n_images} image(s) x {seq_len} features = "
-                    f"{n_images * seq_len} image features"
-                )
+            self.check_image_tokens(placeholder_mask, image_features.shape[0], image_features.shape[1])
         # masked_scatter's semantics (the k-th placeholder takes the k-th feature row) as a gather + where: the
         # backward of masked_scatter waits for the GPU (it counts the mask on the host), a gather's does not.
         features = image_features.reshape(-1, image_features.shape[-1]).to(inputs_embeds.dtype)  # [n * seq, h]
@@ -263,11 +274,7 @@ class MiniMindVModel(MiniMindVPreTrainedModel):
             inputs_embeds = self.merge_image_features(inputs_embeds, placeholder_mask, image_outputs.pooler_output)
         elif find_placeholders and not torch.compiler.is_compiling() and \
                 (past_key_values is None or past_key_values.get_seq_length() == 0):
-            if bool(placeholder_mask.any()):
-                raise ValueError(
-                    f"The input has {int(placeholder_mask.sum())} image tokens (id {self.config.image_token_id}) "
-                    "but no pixel_values were given"
-                )
+            self.check_image_tokens(placeholder_mask, None)
 
         outputs = self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,

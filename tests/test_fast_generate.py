@@ -112,3 +112,49 @@ def test_unsupported_options_fall_back_to_transformers(model, monkeypatch):
     out = model.generate(**batch(), max_new_tokens=4, num_beams=2, eos_token_id=None, pad_token_id=0,
                          cache_implementation="static")
     assert out.shape[1] == batch()["input_ids"].shape[1] + 4
+
+
+def test_one_decoder_serves_other_prompt_lengths_and_max_new_tokens(model, monkeypatch):
+    """A decoder whose cache fits the request is reused (no new compile on a GPU); its outputs stay transformers'."""
+    built = []
+    original = fast.FastDecoder.__init__
+    monkeypatch.setattr(fast.FastDecoder, "__init__", lambda self, *a, **k: built.append(a[2]) or original(self, *a, **k))
+    model.__dict__.pop("_fast_decoders", None)
+    inputs = batch()
+    pad = torch.zeros(2, 3, dtype=torch.long)
+    for extra, new in ((3, 12), (0, 5), (0, 1)):  # a shorter prompt (less left padding), fewer new tokens, one token
+        x = {"input_ids": torch.cat([pad, inputs["input_ids"]], 1)[:, 3 - extra:],
+             "attention_mask": torch.cat([pad, inputs["attention_mask"]], 1)[:, 3 - extra:],
+             "pixel_values": inputs["pixel_values"]}
+        kwargs = dict(**x, max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)
+        assert torch.equal(model.generate(**kwargs, cache_implementation="static"), model.generate(**kwargs))
+    assert built == [fast.CACHE_ROUND]  # one decoder, its capacity rounded up
+    long_prompt = dict(max_new_tokens=fast.CACHE_ROUND, do_sample=False, eos_token_id=None, pad_token_id=0)
+    model.generate(**inputs, **long_prompt, cache_implementation="static")
+    assert built == [fast.CACHE_ROUND, 2 * fast.CACHE_ROUND]  # outgrew it: a larger one
+
+
+def test_image_token_mismatch_is_a_clear_error_on_the_static_path(model):
+    inputs = batch()
+    ids = inputs["input_ids"].clone()
+    ids[0, -1] = model.config.image_token_id  # one placeholder too many
+    with pytest.raises(ValueError, match="Image features and image tokens do not match"):
+        model.generate(**{**inputs, "input_ids": ids}, max_new_tokens=2, pad_token_id=0,
+                       cache_implementation="static")
+    with pytest.raises(ValueError, match="no pixel_values"):
+        model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=2,
+                       pad_token_id=0, cache_implementation="static")
+
+
+def test_greedy_token_is_argmax_first_maximum_included():
+    """The two-stage argmax of the greedy step: vocabularies that do and do not divide into chunks, ties, -inf."""
+    g = torch.Generator().manual_seed(0)
+    for vocab in (5, 1024, 1500, 4099):
+        for trial in range(6):
+            logits = torch.randn(3, vocab, generator=g)
+            if trial % 2:  # many exact ties: the first maximum must win, as in argmax
+                logits = torch.randint(0, 3, (3, vocab), generator=g).float()
+            logits[0, : vocab // 2] = float("-inf")
+            assert torch.equal(fast.greedy_token(logits), logits.argmax(-1)), (vocab, trial)
+        compiled = torch.compile(fast.greedy_token, backend="inductor", fullgraph=True)
+        assert torch.equal(compiled(logits), logits.argmax(-1))

@@ -184,6 +184,11 @@ def test_compiled_static_cache_generation_is_greedy_under_eager_forward(override
         assert (chosen >= step_logits.max(-1).values - 1e-3).all()
         again = model.generate(**x, **kwargs, cache_implementation="static")  # replay of the captured graph
         assert torch.equal(again, static)
+        decoder = next(iter(model._fast_decoders.values()))
+        fewer = model.generate(**x, **{**kwargs, "max_new_tokens": 10, "min_new_tokens": 10},
+                               cache_implementation="static")  # fits the cache: the same captured graph serves it
+        assert next(iter(model._fast_decoders.values())) is decoder
+        assert torch.equal(fewer, static[:, : prompt + 10])
 
 
 def test_compiled_training_step_matches_eager():
