@@ -4,8 +4,8 @@
 Both models are random-init, bf16 on GPU (fp32 on CPU), same vision tower (the preset's CLIP), same decoder shapes,
 same projector. Measured per system: an SFT training step (vision frozen, decoder + projector trained, AdamW) in
 tokens/s, MFU against the peak TFLOPS and peak memory; `generate` tokens/s at each generate batch size (prompt = one
-image + text tokens, a fixed number of new tokens, greedy, EOS disabled) with time to first token (vision tower +
-prefill + first token choice) and, on CUDA, a decode profile per token: GPU time, kernels, and the bytes a step must
+image + text tokens, a fixed number of new tokens, greedy, EOS disabled) with time to first token (a one-token
+`generate` call on the same path: vision tower + prefill + first token choice) and, on CUDA, a decode profile per token: GPU time, kernels, and the bytes a step must
 read (weights + KV cache) as a fraction of the measured device-to-device copy rate. LLaVA runs as most users run it
 (eager, dynamic cache) and in its best mode (torch.compile for training, static cache for generate, which compiles
 the decode step). The e2e mode runs the trainer itself (`measure_end_to_end`).
@@ -222,35 +222,51 @@ def measure_generate(model, inputs, args, device, static):
     elapsed = time.perf_counter() - start
     new = out.shape[1] - inputs["input_ids"].shape[1]
     result = {"tokens_per_s": inputs["input_ids"].shape[0] * new / elapsed, "new_tokens": new, "s": elapsed,
-              "warmup_s": warmup_s, "ttft_ms": 1e3 * time_to_first_token(model, inputs, device)}
+              "warmup_s": warmup_s, "ttft_ms": 1e3 * time_to_first_token(model, inputs, kwargs, device)}
     if device.type == "cuda":
         result.update(decode_profile(model, inputs, kwargs, new))
     return result
 
 
 @torch.no_grad()
-def _first_token(model, inputs):
-    """What a request costs before its first new token: vision tower + prefill of the whole prompt + the choice."""
-    return model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1)
+def _first_token(model, inputs, kwargs):
+    """What a request costs before its first new token, through the same `generate` path as the timed call (for
+    minimind-v's static cache: the fast decoder's prefill, vision tower included, and its token choice)."""
+    return model.generate(**inputs, **{**kwargs, "max_new_tokens": 1, "min_new_tokens": 1})
 
 
-def time_to_first_token(model, inputs, device, repeats: int = 3) -> float:
-    """Best of `repeats` prefill passes, in seconds (the first one is a warm-up)."""
-    _first_token(model, inputs)
+def time_to_first_token(model, inputs, kwargs, device, repeats: int = 3) -> float:
+    """Best of `repeats` one-token `generate` calls, in seconds (after one warm-up call)."""
+    _first_token(model, inputs, kwargs)
     sync(device)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        _first_token(model, inputs)
+        _first_token(model, inputs, kwargs)
         sync(device)
         best = min(best, time.perf_counter() - start)
     return best
 
 
-def _kernels(prof) -> tuple[int, float]:
-    """(kernel count, summed GPU µs) of the device kernels a profile saw (CUDA-graph replays included)."""
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    return len(kernels), sum(e.device_time for e in kernels)
+def _kernels(prof) -> dict[str, list]:
+    """{kernel name: [launches, summed GPU µs]} of the device kernels a profile saw (CUDA-graph replays included)."""
+    kernels: dict[str, list] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            entry = kernels.setdefault(event.name, [0, 0.0])
+            entry[0] += 1
+            entry[1] += event.device_time
+    return kernels
+
+
+def per_step_kernels(whole: dict, prefill: dict, steps: int, top: int = 12) -> tuple[float, float, list]:
+    """Kernels and GPU µs per decode step (whole call minus its prefill), and the `top` kernels by GPU time as
+    [µs per step, launches per step, name]."""
+    rows = [((us - prefill.get(name, [0, 0.0])[1]) / steps, (n - prefill.get(name, [0, 0.0])[0]) / steps, name)
+            for name, (n, us) in whole.items()]
+    rows.sort(reverse=True)
+    return (sum(n for _, n, _ in rows), sum(us for us, _, _ in rows),
+            [[round(us, 1), round(n, 2), name[:120]] for us, n, name in rows[:top]])
 
 
 def copy_rate(device, gib: float = 1.0) -> float:
@@ -271,18 +287,17 @@ def copy_rate(device, gib: float = 1.0) -> float:
 @torch.no_grad()
 def decode_profile(model, inputs, kwargs, new_tokens) -> dict:
     """Per decode step: GPU µs, kernels and the fraction of the copy rate its bytes need, from a profile of a whole
-    generate call minus a profile of its prefill."""
+    generate call minus a profile of a one-token call (its prefill)."""
     device = inputs["input_ids"].device
     activities = [torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as prefill:
-        _first_token(model, inputs)
+        _first_token(model, inputs, kwargs)
         sync(device)
     with torch.profiler.profile(activities=activities) as whole:
         model.generate(**inputs, **kwargs)
         sync(device)
-    (n_pre, t_pre), (n_all, t_all) = _kernels(prefill), _kernels(whole)
     steps = max(new_tokens - 1, 1)
-    gpu_us = (t_all - t_pre) / steps
+    kernels, gpu_us, top = per_step_kernels(_kernels(whole), _kernels(prefill), steps)
     text = model.config.get_text_config()
     head = model.lm_head.weight  # read whole every step (tied or not); the embedding is a one-row lookup
     weight_bytes = head.numel() * head.element_size() + sum(
@@ -292,7 +307,7 @@ def decode_profile(model, inputs, kwargs, new_tokens) -> dict:
     kv_bytes = (2 * text.num_hidden_layers * text.num_key_value_heads * text.head_dim * context
                 * inputs["input_ids"].shape[0] * model.lm_head.weight.element_size())
     rate = copy_rate(device)
-    return {"gpu_us_per_step": gpu_us, "kernels_per_step": (n_all - n_pre) / steps,
+    return {"gpu_us_per_step": gpu_us, "kernels_per_step": kernels, "top_kernels": top,
             "bytes_per_step": weight_bytes + kv_bytes, "copy_rate_gbs": rate / 1e9,
             "bandwidth_fraction": (weight_bytes + kv_bytes) / (gpu_us * 1e-6) / rate if gpu_us > 0 else None}
 

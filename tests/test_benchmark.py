@@ -11,12 +11,13 @@ from processing.benchmark import format_table, run_benchmark
 def test_tiny_benchmark_measures_both_systems():
     args = Namespace(preset="tiny", device="cpu", compare_hf=True, modes="train,generate",
                      systems="minimind,llava_eager", batch_size=2, seq_len=32, label_fraction=0.5, train_steps=1,
-                     warmup_steps=1, gen_batch="1", prompt_text_tokens=4, new_tokens=3, peak_tflops=1.0,
+                     warmup_steps=1, gen_batch="1", prompt_text_tokens=4, new_tokens=12, peak_tflops=1.0,
                      no_compile=True, profile=False, profile_dir="unused", json_out=None)
     results = run_benchmark(args)
     for system in ("minimind", "llava_eager"):
-        assert results[system]["train"]["tokens_per_s"] > 0 and results[system]["generate"]["batch1"]["new_tokens"] == 3
-        assert 0 < results[system]["generate"]["batch1"]["ttft_ms"] < 1e3 * results[system]["generate"]["batch1"]["s"]
+        generated = results[system]["generate"]["batch1"]
+        assert results[system]["train"]["tokens_per_s"] > 0 and generated["new_tokens"] == 12
+        assert 0 < generated["ttft_ms"] < 1e3 * generated["s"]  # one token costs less than twelve
     assert "llava_best" not in results and results["image_tokens"] == 9
     assert results["ratios"]["train_tokens_per_s_vs_llava_eager"] == pytest.approx(
         results["minimind"]["train"]["tokens_per_s"] / results["llava_eager"]["train"]["tokens_per_s"])
@@ -59,3 +60,13 @@ def test_end_to_end_mode_builds_a_random_checkpoint_for_presets_that_need_a_real
     assert set(e2e) == {"padded"} and e2e["padded"]["steps_timed"] == 2 and e2e["padded"]["final_loss"] > 0
     with pytest.raises(ValueError, match="--e2e-layouts"):
         run_benchmark(Namespace(**{**vars(args), "e2e_layouts": "padded,sorted"}))
+
+
+def test_per_step_kernels_subtracts_the_prefill_and_ranks_by_gpu_time():
+    from processing.benchmark import per_step_kernels
+
+    whole = {"gemv": [40, 400.0], "norm": [20, 40.0], "vision": [3, 30.0]}
+    prefill = {"gemv": [4, 40.0], "vision": [3, 30.0]}  # the one-token call: prefill + first choice
+    kernels, gpu_us, top = per_step_kernels(whole, prefill, steps=4)
+    assert (kernels, gpu_us) == (14.0, 100.0)  # (36 + 20 + 0) / 4 launches, (360 + 40 + 0) / 4 µs
+    assert top == [[90.0, 9.0, "gemv"], [10.0, 5.0, "norm"], [0.0, 0.0, "vision"]]
