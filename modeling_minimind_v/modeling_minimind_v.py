@@ -210,7 +210,7 @@ class MiniMindVModel(MiniMindVPreTrainedModel):
     def check_image_tokens(self, placeholder_mask: torch.Tensor, n_images: int | None,
                            seq_len: int | None = None) -> None:
         """The prompt's image placeholders must match the images' features one to one (`n_images` None: no
-        pixel_values). Reads the mask on the host, so callers skip it inside compiled code and check before."""
+        pixel_values). Reads the mask on the host, so it runs only outside compiled code."""
         n_tokens = int(placeholder_mask.sum())
         if n_images is None:
             if n_tokens:
