@@ -518,6 +518,10 @@ def run_benchmark(args, partial=None) -> dict:
         systems["llava_best"] = ("llava", can_compile, True, True)
     wanted = args.systems.split(",")
     if "e2e" in args.modes.split(","):  # first: it runs the trainer, which builds its own model
+        # batch_size / seq_len above are the train mode's shapes; the e2e loop runs its own settings
+        results["e2e_settings"] = {"rows": args.e2e_rows, "batch_size": args.e2e_batch_size,
+                                   "layouts": args.e2e_layouts, "num_workers": args.num_workers,
+                                   "model": args.e2e_model}
         def report(e2e):
             results["minimind_e2e"] = e2e
             if partial is not None:

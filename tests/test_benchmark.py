@@ -34,7 +34,10 @@ def test_end_to_end_mode_runs_the_trainer_padded_and_packed_to_the_same_losses()
                      e2e_model=None, e2e_rows=32, e2e_batch_size=8, num_workers=0, profile=False,
                      e2e_layouts="padded,packed")
     seen = []  # what the script's --json-out would hold after each measurement
-    e2e = run_benchmark(args, partial=lambda r: seen.append(sorted(r.get("minimind_e2e", {}))))["minimind_e2e"]
+    results = run_benchmark(args, partial=lambda r: seen.append(sorted(r.get("minimind_e2e", {}))))
+    e2e = results["minimind_e2e"]
+    assert results["e2e_settings"] == {"rows": 32, "batch_size": 8, "layouts": "padded,packed", "num_workers": 0,
+                                       "model": None}
     assert seen[0] == ["padded"] and {"padded", "packed"} <= set(seen[-1])
     for layout in ("padded", "packed"):
         assert e2e[layout]["steps_timed"] == 2 and e2e[layout]["tokens_per_s"] > 0
