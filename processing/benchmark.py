@@ -5,8 +5,9 @@ Both models are random-init, bf16 on GPU (fp32 on CPU), same vision tower (the p
 same projector. Measured per system: an SFT training step (vision frozen, decoder + projector trained, AdamW) in
 tokens/s, MFU against the peak TFLOPS and peak memory; `generate` tokens/s at each generate batch size (prompt = one
 image + text tokens, a fixed number of new tokens, greedy, EOS disabled) with time to first token (a one-token
-`generate` call on the same path: vision tower + prefill + first token choice) and, on CUDA, a decode profile per token: GPU time, kernels, and the bytes a step must
-read (weights + KV cache) as a fraction of the measured device-to-device copy rate. LLaVA runs as most users run it
+`generate` call on the same path: vision tower + prefill + first token choice) and, on CUDA, a decode profile per
+token: GPU time, kernels (the top ones by name), and the bytes a step must read (weights + KV cache) as a fraction of
+the measured device-to-device copy rate. LLaVA runs as most users run it
 (eager, dynamic cache) and in its best mode (torch.compile for training, static cache for generate, which compiles
 the decode step). The e2e mode runs the trainer itself (`measure_end_to_end`).
 """

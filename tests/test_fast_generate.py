@@ -118,7 +118,8 @@ def test_one_decoder_serves_other_prompt_lengths_and_max_new_tokens(model, monke
     """A decoder whose cache fits the request is reused (no new compile on a GPU); its outputs stay transformers'."""
     built = []
     original = fast.FastDecoder.__init__
-    monkeypatch.setattr(fast.FastDecoder, "__init__", lambda self, *a, **k: built.append(a[2]) or original(self, *a, **k))
+    monkeypatch.setattr(fast.FastDecoder, "__init__",
+                        lambda self, *a, **k: built.append(a[2]) or original(self, *a, **k))  # a[2]: the capacity
     model.__dict__.pop("_fast_decoders", None)
     inputs = batch()
     pad = torch.zeros(2, 3, dtype=torch.long)

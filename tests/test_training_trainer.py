@@ -291,7 +291,7 @@ def test_the_trainer_keeps_pixels_in_the_autocast_dtype(data, init_dir, tmp_path
     """Under bf16 the dataset caches and hands over bfloat16 pixels (same numbers under autocast, half the bytes;
     tests/test_dataset.py checks the equality); otherwise fp32. Its own process: Accelerate's state is process-wide."""
     code = (
-        "import sys; from processing.training.config import TrainConfig; from processing.training.trainer import setup\n"
+        "from processing.training.config import TrainConfig\nfrom processing.training.trainer import setup\n"
         f"run, _ = setup(TrainConfig(model={str(init_dir)!r}, stage='sft', data={str(data / 'sft.jsonl')!r}, "
         f"output={str(tmp_path / 'out')!r}, mixed_precision={precision!r}, num_workers=0))\n"
         "batch = next(iter(run.loader))\n"

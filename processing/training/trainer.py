@@ -162,14 +162,14 @@ def _resume_from(config: TrainConfig, output: Path) -> Path | None:
 
 
 def _datasets(config: TrainConfig, processor, max_length: int) -> tuple[VLMDataset, VLMDataset | None]:
+    # Under bf16 autocast the tower's first op (the patch convolution) sees bfloat16 whatever it is given: pixels
+    # kept in bfloat16 give the same numbers at half the bytes (cache, worker hand-over, host-to-device copy).
+    pixel_dtype = torch.bfloat16 if config.mixed_precision == "bf16" else torch.float32
+
     def load(path):
         return VLMDataset(path, processor, image_root=config.image_root, max_length=max_length,
                           cache_images=config.cache_images, allow_outside_root=config.allow_outside_image_root,
                           pixel_dtype=pixel_dtype)
-
-    # Under bf16 autocast the tower's first op (the patch convolution) sees bfloat16 whatever it is given: pixels
-    # kept in bfloat16 give the same numbers at half the bytes (cache, worker hand-over, host-to-device copy).
-    pixel_dtype = torch.bfloat16 if config.mixed_precision == "bf16" else torch.float32
 
     dataset = load(config.data)
     if len(dataset) == 0:
