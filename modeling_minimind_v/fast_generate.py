@@ -4,8 +4,8 @@ graph replay instead of a Python pass through `generate`'s machinery. One decode
 serves every request of its batch size and sampling settings that fits its cache, whatever the prompt length.
 
 The step runs the model's own modules (`MiniMindModel.forward`, with the q/k/v and gate/up matmuls fused by the
-modules themselves, see `fuse_projections`), only the token choice is local. Used for plain greedy / sampled decoding
-of the dense and the MoE model (experts as static-shape batched matmuls); every other `generate` call goes through
+modules themselves, see `fuse_projections`); local are the token choice and the cache's one write counter. Used
+for plain greedy / sampled decoding of the dense and the MoE model (experts as static-shape batched matmuls); every other `generate` call goes through
 transformers unchanged. On CPU the same loop runs eagerly (tests check it against transformers' generate token for
 token). Remote code: torch and transformers only.
 """
@@ -26,8 +26,8 @@ FAST_KWARGS = {
 }
 STEPS_PER_GRAPH = 8  # decode steps captured in one CUDA graph: one replay (and one host round trip) per 8 tokens
 EOS_CHECK_EVERY = 16  # steps between host checks for "every row has finished" (a multiple of STEPS_PER_GRAPH)
-CACHE_ROUND = 128  # KV-cache capacity is rounded up to this, and a decoder serves any request that fits: other
-# prompt lengths and max_new_tokens reuse the compiled step instead of compiling a new one
+CACHE_ROUND = 128  # KV-cache capacity is a multiple of this, and a decoder serves any request that fits: other
+# prompt lengths and max_new_tokens reuse the compiled step instead of compiling a new one.
 # Inductor settings of the compiled decode step. Coordinate-descent tuning makes Inductor lower one-row matmuls
 # (batch-1 decoding) to multiply + sum reductions it tunes and fuses with neighbouring RMSNorm / residual / SwiGLU
 # work, instead of one cuBLAS GEMV launch per projection (1.76x tokens/s at batch 1 on an H200, docs/benchmarks.md).
@@ -47,47 +47,60 @@ def greedy_token(logits: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
 
 
 class MiniMindStaticCache(StaticCache):
-    """transformers' `StaticCache`, plus the next write position as a device tensor (for masks built inside a CUDA
-    graph) and a cheap rewind between requests (slots beyond the position are masked, so they need no zeroing)."""
+    """transformers' `StaticCache` with one write position for all layers, a device tensor: advanced once per
+    forward (after the last layer's write) instead of once per layer (28 tiny kernels per decode step at 0.6B size),
+    and read by masks built inside a CUDA graph. Rewinding between requests only resets it: slots beyond it are
+    masked, so they need no zeroing. Call `early_initialization` before use."""
+
+    def early_initialization(self, *args, **kwargs):
+        super().early_initialization(*args, **kwargs)
+        self.length = self.layers[0].cumulative_length
+        for layer in self.layers:  # transformers reads the layers' lengths (get_seq_length): all see the shared one
+            layer.cumulative_length = self.length
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        layer = self.layers[layer_idx]
+        new = key_states.shape[-2]
+        slots = self.length + torch.arange(new, device=key_states.device)
+        layer.keys.index_copy_(2, slots, key_states)
+        layer.values.index_copy_(2, slots, value_states)
+        if layer_idx == len(self.layers) - 1:
+            self.length.add_(new)
+        return layer.keys, layer.values
 
     def position(self) -> torch.Tensor:
-        return self.layers[0].cumulative_length
-
-    def lengths(self) -> list[torch.Tensor]:
-        return [layer.cumulative_length for layer in self.layers]
+        return self.length
 
     def rewind(self):
-        for length in self.lengths():
-            length.zero_()
+        self.length.zero_()
 
 
 class FastDecoder:
-    """Static buffers + one decode step for a fixed (batch, sampling) setting and a cache of `max_length` tokens;
-    reused by every request that fits (prompt + new tokens <= max_length)."""
+    """Static buffers + one decode step for a fixed (batch, sampling) setting and a KV cache of `cache_len` slots
+    (a multiple of CACHE_ROUND); reused by every request that fits (prompt + new tokens <= max_length)."""
 
-    def __init__(self, model, batch_size: int, max_length: int, sampling: tuple):
+    def __init__(self, model, batch_size: int, cache_len: int, sampling: tuple):
         device, dtype = model.device, model.dtype
-        self.model, self.max_length = model, max_length
+        # A request's last graph replay may run up to STEPS_PER_GRAPH - 1 steps past max_length: room for them.
+        self.model, self.cache_len, self.max_length = model, cache_len, cache_len - STEPS_PER_GRAPH
         self.language_model = model.model.language_model
         self.do_sample, self.temperature, self.top_k, self.top_p = sampling
         text = model.config.get_text_config()
-        # A request's last graph replay may run up to STEPS_PER_GRAPH - 1 steps past max_length: room for them.
-        self.cache = MiniMindStaticCache(config=text, max_cache_len=max_length + STEPS_PER_GRAPH)
+        self.cache = MiniMindStaticCache(config=text, max_cache_len=cache_len)
         # Allocated now (not at the first update), so the step can be captured before any request: warm-up steps
         # then write only slots the next prefill overwrites.
         self.cache.early_initialization(batch_size, text.num_key_value_heads, text.head_dim, dtype, device)
         self.tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.positions = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
-        self.valid = torch.ones(batch_size, max_length + STEPS_PER_GRAPH, dtype=torch.bool,
-                                device=device)  # False: prompt padding
+        self.valid = torch.ones(batch_size, cache_len, dtype=torch.bool, device=device)  # False: prompt padding
         self.finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
         self.step_index = torch.zeros((), dtype=torch.long, device=device)
         self.min_new = torch.zeros((), dtype=torch.long, device=device)
         self.pad = torch.zeros((), dtype=torch.long, device=device)
         self.eos = torch.full((8,), -1, dtype=torch.long, device=device)
-        self.key_positions = torch.arange(max_length + STEPS_PER_GRAPH, device=device)
+        self.key_positions = torch.arange(cache_len, device=device)
         # Every chosen token, written on the device at its step index (no per-token host copy).
-        self.out_tokens = torch.zeros(batch_size, max_length + STEPS_PER_GRAPH, dtype=torch.long, device=device)
+        self.out_tokens = torch.zeros(batch_size, cache_len, dtype=torch.long, device=device)
         self.dtype = dtype
         # At batch 1 a decode step is ~7 small matmuls per layer, each latency-bound: the attention and MLP modules
         # run q/k/v and gate/up as one matmul each from concatenated weights (refreshed at every request).
@@ -96,7 +109,7 @@ class FastDecoder:
         self.step_fn = self._step
         if device.type == "cuda":
             self._capture()
-        logger.info("fast static-cache decoding: batch %d, max length %d, %s", batch_size, max_length,
+        logger.info("fast static-cache decoding: batch %d, cache %d slots, %s", batch_size, cache_len,
                     "compiled CUDA graph" if self.graph is not None else "eager")
 
     # -------------------------------------------------------------------------------------------- one step
@@ -141,8 +154,8 @@ class FastDecoder:
             inputs_embeds=hidden, attention_mask={"full_attention": mask}, position_ids=self.positions,
             past_key_values=self.cache, use_cache=True, output_attentions=False, output_hidden_states=False,
             output_router_logits=False, return_dict=True, fused_projections=True,
-            # GQA without repeat_kv copies: on an H200 at batch 1 this beat a multiply + sum formulation compiled
-            # to reductions (docs/benchmarks.md).
+            # GQA without repeat_kv copies: on an H200 this beat a multiply + sum formulation compiled to reductions
+            # and FlexAttention's decoding kernel (docs/benchmarks.md).
             attention_interface=eager_attention_forward,
         )
         token = self._select(self.model.lm_head(out.last_hidden_state[:, -1]).float())
@@ -172,7 +185,7 @@ class FastDecoder:
         self._restore(saved)
 
     def _state(self) -> list[torch.Tensor]:
-        return [self.tokens, self.positions, self.finished, self.step_index, *self.cache.lengths()]
+        return [self.tokens, self.positions, self.finished, self.step_index, self.cache.position()]
 
     def _snapshot(self):
         return [t.clone() for t in self._state()]
@@ -273,8 +286,8 @@ def fast_generate(model, settings: dict) -> torch.Tensor:
     decoder = decoders.get(key)
     if decoder is None or decoder.max_length < needed:
         decoders.clear()  # one captured setting at a time: its buffers hold a KV cache
-        capacity = -(-needed // CACHE_ROUND) * CACHE_ROUND
-        decoder = decoders[key] = FastDecoder(model, batch, capacity, settings["sampling"])
+        cache_len = -(-(needed + STEPS_PER_GRAPH) // CACHE_ROUND) * CACHE_ROUND
+        decoder = decoders[key] = FastDecoder(model, batch, cache_len, settings["sampling"])
     return decoder.generate(
         settings["input_ids"], settings["attention_mask"], settings["pixel_values"], settings["max_new_tokens"],
         settings["min_new_tokens"], settings["eos_ids"], settings["pad_id"],

@@ -43,6 +43,20 @@ def test_fast_path_is_taken_and_matches_dynamic(model, monkeypatch):
     assert torch.equal(static, dynamic)
 
 
+def test_cache_layers_share_one_write_position(model):
+    """One write counter for all layers, advanced once per forward: after the prefill and one run of
+    STEPS_PER_GRAPH decode steps every layer reports the same length, the slots written."""
+    model.__dict__.pop("_fast_decoders", None)
+    inputs = batch()
+    model.generate(**inputs, max_new_tokens=2, do_sample=False, eos_token_id=None, pad_token_id=0,
+                   cache_implementation="static")
+    cache = next(iter(model._fast_decoders.values())).cache
+    assert len({id(layer.cumulative_length) for layer in cache.layers}) == 1
+    written = inputs["input_ids"].shape[1] + fast.STEPS_PER_GRAPH
+    assert int(cache.get_seq_length()) == written
+    assert all(int(layer.get_seq_length()) == written for layer in cache.layers)
+
+
 def test_eos_padding_and_stop_match_transformers(model):
     inputs = batch()
     free = model.generate(**inputs, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)

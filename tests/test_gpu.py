@@ -34,10 +34,15 @@ def small_model(**overrides):
                       intermediate_size=512, num_hidden_layers=4, **overrides).cuda()
 
 
-def inputs(batch=2):
+def inputs(batch=2, left_pad=0):
+    """`left_pad`: that many padding tokens at the start of row 0 (before its text)."""
     ids = torch.randint(6, 1024, (batch, 30), generator=torch.Generator().manual_seed(0))
     ids[:, 1:10] = 5
-    return {"input_ids": ids.cuda(), "attention_mask": torch.ones_like(ids).cuda(),
+    mask = torch.ones_like(ids)
+    ids = torch.cat([torch.full((batch, left_pad), 6), ids], 1)
+    mask = torch.cat([torch.ones(batch, left_pad, dtype=torch.long), mask], 1)
+    mask[0, :left_pad], ids[0, :left_pad] = 0, 0
+    return {"input_ids": ids.cuda(), "attention_mask": mask.cuda(),
             "pixel_values": torch.randn(batch, 3, 48, 48, generator=torch.Generator().manual_seed(1)).cuda()}
 
 
@@ -173,11 +178,12 @@ def test_compiled_static_cache_generation_is_greedy_under_eager_forward(override
     model = small_model(**overrides).eval()
     kwargs = dict(max_new_tokens=24, min_new_tokens=24, do_sample=False, pad_token_id=0)
     for batch in (1, 4):
-        x = inputs(batch)
+        x = inputs(batch, left_pad=3 if batch > 1 else 0)  # row 0 of the batch is left-padded
         static = model.generate(**x, **kwargs, cache_implementation="static")  # compiles + captures the step
         assert static.shape == (batch, x["input_ids"].shape[1] + 24)
+        mask = torch.cat([x["attention_mask"], torch.ones_like(static[:, x["input_ids"].shape[1]:])], 1)
         with torch.no_grad():
-            logits = model(input_ids=static, pixel_values=x["pixel_values"]).logits.float()
+            logits = model(input_ids=static, attention_mask=mask, pixel_values=x["pixel_values"]).logits.float()
         prompt = x["input_ids"].shape[1]
         step_logits = logits[:, prompt - 1 : -1]  # predictions for each generated token
         chosen = step_logits.gather(-1, static[:, prompt:, None]).squeeze(-1)
