@@ -5,9 +5,9 @@ serves every request of its batch size and sampling settings that fits its cache
 
 The step runs the model's own modules (`MiniMindModel.forward`, with the q/k/v and gate/up matmuls fused by the
 modules themselves, see `fuse_projections`); local are the token choice and the cache's one write counter. Used
-for plain greedy / sampled decoding of the dense and the MoE model (experts as static-shape batched matmuls); every other `generate` call goes through
-transformers unchanged. On CPU the same loop runs eagerly (tests check it against transformers' generate token for
-token). Remote code: torch and transformers only.
+for plain greedy / sampled decoding of the dense and the MoE model (experts as static-shape batched matmuls); every
+other `generate` call goes through transformers unchanged. On CPU the same loop runs eagerly (tests check it against
+transformers' generate token for token). Remote code: torch and transformers only.
 """
 
 import logging
