@@ -62,8 +62,12 @@ class MiniMindStaticCache(StaticCache):
         layer = self.layers[layer_idx]
         new = key_states.shape[-2]
         slots = self.length + torch.arange(new, device=key_states.device)
-        layer.keys.index_copy_(2, slots, key_states)
-        layer.values.index_copy_(2, slots, value_states)
+        try:
+            layer.keys.index_copy_(2, slots, key_states)
+            layer.values.index_copy_(2, slots, value_states)
+        except NotImplementedError:  # as in transformers' StaticLayer: devices without index_copy_ (MPS)
+            layer.keys[:, :, slots] = key_states
+            layer.values[:, :, slots] = value_states
         if layer_idx == len(self.layers) - 1:
             self.length.add_(new)
         return layer.keys, layer.values
@@ -82,7 +86,7 @@ class FastDecoder:
     def __init__(self, model, batch_size: int, cache_len: int, sampling: tuple):
         device, dtype = model.device, model.dtype
         # A request's last graph replay may run up to STEPS_PER_GRAPH - 1 steps past max_length: room for them.
-        self.model, self.cache_len, self.max_length = model, cache_len, cache_len - STEPS_PER_GRAPH
+        self.model, self.max_length = model, cache_len - STEPS_PER_GRAPH
         self.language_model = model.model.language_model
         self.do_sample, self.temperature, self.top_k, self.top_p = sampling
         text = model.config.get_text_config()
