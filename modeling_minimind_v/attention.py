@@ -109,10 +109,20 @@ class MiniMindAttention(nn.Module):
                 [self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features], dim=-1)
         return self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
 
+    def project_joint_qkv(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """q, k and v side by side in one tensor [b, s, (heads + 2 kv_heads) * d] (one matmul when fused)."""
+        if self.fused_qkv is not None and self.q_proj.bias is None:
+            return F.linear(hidden_states, self.fused_qkv)
+        return torch.cat(self.project_qkv(hidden_states), dim=-1)
+
     def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None,
-                fused_projections: bool = False, **kwargs):
+                fused_projections: bool = False, decode_attention: Callable | None = None, **kwargs):
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
+        if decode_attention is not None:
+            # The fast decoder's one-token kernels (decode_attention.py) do QK-norm, RoPE, the cache write and the
+            # attention from the raw projections; they write into past_key_values themselves.
+            return self.o_proj(decode_attention(self, self.project_joint_qkv(hidden_states))), None
         query, key, value = self.project_qkv(hidden_states, fused_projections)
         # [b, s, heads*d] -> [b, s, heads, d] -> [b, heads, s, d]
         query = self.q_norm(query.view(hidden_shape)).transpose(1, 2)

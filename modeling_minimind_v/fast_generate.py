@@ -7,7 +7,8 @@ The step runs the model's own modules (`MiniMindModel.forward`, with the q/k/v a
 modules themselves, see `fuse_projections`); local are the token choice and the cache's one write counter. Used
 for plain greedy / sampled decoding of the dense and the MoE model (experts as static-shape batched matmuls); every
 other `generate` call goes through transformers unchanged. On CPU the same loop runs eagerly (tests check it against
-transformers' generate token for token). Remote code: torch and transformers only.
+transformers' generate token for token). Opt-in (`USE_DECODE_KERNELS`): the step's attention as decode_attention.py's
+Triton kernels. Remote code: torch and transformers only (Triton where torch's CUDA build brings it).
 """
 
 import logging
@@ -16,6 +17,7 @@ import torch
 from transformers.cache_utils import StaticCache
 
 from .attention import eager_attention_forward
+from .decode_attention import DecodeAttention, decode_kernels_available
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,10 @@ CACHE_ROUND = 128  # KV-cache capacity is a multiple of this, and a decoder serv
 # (batch-1 decoding) to multiply + sum reductions it tunes and fuses with neighbouring RMSNorm / residual / SwiGLU
 # work, instead of one cuBLAS GEMV launch per projection (1.76x tokens/s at batch 1 on an H200, docs/benchmarks.md).
 STEP_COMPILE_OPTIONS = {"coordinate_descent_tuning": True}
+# True: on CUDA with Triton, the step's attention runs as decode_attention.py's split-KV kernels (QK-norm, RoPE and
+# the cache write fused in). Off by default: on an H200 they cut the kernels per step (346 -> 234 at batch 1) but
+# not the time (batch 32: 8% fewer tokens/s), docs/benchmarks.md; `scripts/benchmark.py --decode-attention` flips it.
+USE_DECODE_KERNELS = False
 
 
 def greedy_token(logits: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
@@ -75,6 +81,10 @@ class MiniMindStaticCache(StaticCache):
     def position(self) -> torch.Tensor:
         return self.length
 
+    def advance(self, new: int):
+        """Count `new` slots as written by someone else than `update` (the decode kernels write them)."""
+        self.length.add_(new)
+
     def rewind(self):
         self.length.zero_()
 
@@ -109,12 +119,22 @@ class FastDecoder:
         # At batch 1 a decode step is ~7 small matmuls per layer, each latency-bound: the attention and MLP modules
         # run q/k/v and gate/up as one matmul each from concatenated weights (refreshed at every request).
         self.language_model.fuse_projections()
+        if USE_DECODE_KERNELS and decode_kernels_available(text, device):
+            self.kernels = DecodeAttention(self.cache, self.valid, self.positions,
+                                           self.language_model.rotary_emb.inv_freq)
+            self.attention_args = {"decode_attention": self.kernels}
+        else:
+            # GQA without repeat_kv copies: on an H200 this beat a multiply + sum formulation compiled to
+            # reductions and FlexAttention's decoding kernel (docs/benchmarks.md).
+            self.kernels = None
+            self.attention_args = {"attention_interface": eager_attention_forward}
         self.graph = None
         self.step_fn = self._step
         if device.type == "cuda":
             self._capture()
-        logger.info("fast static-cache decoding: batch %d, cache %d slots, %s", batch_size, cache_len,
-                    "compiled CUDA graph" if self.graph is not None else "eager")
+        logger.info("fast static-cache decoding: batch %d, cache %d slots, %s, %s attention", batch_size, cache_len,
+                    "compiled CUDA graph" if self.graph is not None else "eager",
+                    "Triton decode" if self.kernels is not None else "module")
 
     # -------------------------------------------------------------------------------------------- one step
     def _mask(self, query_positions: torch.Tensor) -> torch.Tensor:
@@ -153,15 +173,16 @@ class FastDecoder:
     def _step(self):
         """One new token per row: the decoder's own forward on the last token, then the token choice."""
         hidden = self.language_model.embed_tokens(self.tokens)  # [b, 1, h]
-        mask = self._mask(self.cache.position().expand(self.tokens.shape[0])[:, None])
+        # The kernels read the padding (`valid`) and the write position themselves: no additive mask.
+        mask = None if self.kernels is not None else self._mask(
+            self.cache.position().expand(self.tokens.shape[0])[:, None])
         out = self.language_model(
             inputs_embeds=hidden, attention_mask={"full_attention": mask}, position_ids=self.positions,
             past_key_values=self.cache, use_cache=True, output_attentions=False, output_hidden_states=False,
-            output_router_logits=False, return_dict=True, fused_projections=True,
-            # GQA without repeat_kv copies: on an H200 this beat a multiply + sum formulation compiled to reductions
-            # and FlexAttention's decoding kernel (docs/benchmarks.md).
-            attention_interface=eager_attention_forward,
+            output_router_logits=False, return_dict=True, fused_projections=True, **self.attention_args,
         )
+        if self.kernels is not None:
+            self.cache.advance(1)
         token = self._select(self.model.lm_head(out.last_hidden_state[:, -1]).float())
         self.tokens.copy_(token[:, None])
         self.positions += 1

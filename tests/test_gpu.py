@@ -5,8 +5,9 @@
 * FSDP2 through `accelerate launch` on one process: the plain run's losses, a loadable full save.
 * packed batches (FlexAttention with a per-document block mask) give the padded batch's loss and gradients.
 * scripts/train_sft_trl.py in bf16 with LoRA (when trl is installed).
-* compiled static-cache decoding (the CUDA-graph decoder, dense and MoE) against eager greedy decoding; the compiled
-  training step against the eager one; the chunked loss in bf16; the trainer's step runs without a device-to-host
+* compiled static-cache decoding (the CUDA-graph decoder, dense and MoE, the modules' attention and the Triton decode
+  kernels) against eager greedy decoding; the decode kernels against the modules' QK-norm, RoPE, cache update and
+  attention; the compiled training step against the eager one; the chunked loss in bf16; the trainer's step runs without a device-to-host
   sync.
 
 Run on a GPU machine: `python -m pytest tests/test_gpu.py -q` (about 9 minutes in one process on an H200; the tests
@@ -171,10 +172,17 @@ def test_trl_script_bf16_lora(data, tmp_path):
 MOE = {"num_experts": 4, "n_shared_experts": 1, "num_experts_per_tok": 2, "moe_intermediate_size": 256}
 
 
+@pytest.mark.parametrize("attention", ["module", "kernels"])
 @pytest.mark.parametrize("overrides", [{}, MOE], ids=["dense", "moe"])
-def test_compiled_static_cache_generation_is_greedy_under_eager_forward(overrides):
+def test_compiled_static_cache_generation_is_greedy_under_eager_forward(overrides, attention, monkeypatch):
     """Compiled kernels may flip near-ties of a random model, so check what matters: every token the CUDA-graph
-    decoder picked is (within 1e-3) the argmax of the eager model's logits for that prefix."""
+    decoder picked is (within 1e-3) the argmax of the eager model's logits for that prefix. `attention`: the
+    step's attention as the modules run it, or as the Triton decode kernels (decode_attention.py)."""
+    import modeling_minimind_v.fast_generate as fast
+
+    if attention == "kernels":
+        pytest.importorskip("triton")
+    monkeypatch.setattr(fast, "USE_DECODE_KERNELS", attention == "kernels")
     model = small_model(**overrides).eval()
     kwargs = dict(max_new_tokens=24, min_new_tokens=24, do_sample=False, pad_token_id=0)
     for batch in (1, 4):
@@ -191,6 +199,7 @@ def test_compiled_static_cache_generation_is_greedy_under_eager_forward(override
         again = model.generate(**x, **kwargs, cache_implementation="static")  # replay of the captured graph
         assert torch.equal(again, static)
         decoder = next(iter(model._fast_decoders.values()))
+        assert (decoder.kernels is not None) == (attention == "kernels")
         fewer = model.generate(**x, **{**kwargs, "max_new_tokens": 10, "min_new_tokens": 10},
                                cache_implementation="static")  # fits the cache: the same captured graph serves it
         assert next(iter(model._fast_decoders.values())) is decoder
@@ -274,3 +283,69 @@ def test_bf16_autocast_chunked_loss_close_to_fp32():
                                        for k, v in x.items()}).loss
     torch.testing.assert_close(autocast.float(), fp32, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(bf16.float(), fp32, atol=2e-2, rtol=2e-2)
+
+
+def decode_attention_matches_modules(device, dtype, qk_norm, heads, kv_heads, head_dim=64, cache_len=256):
+    """The Triton decode kernels against the module's own path (QK-norm, RoPE, cache update, eager attention) for one
+    new token per row, at write positions inside, at the end of and past a 64-slot block, rows left-padded."""
+    from modeling_minimind_v.attention import (
+        MiniMindAttention,
+        MiniMindRotaryEmbedding,
+        apply_rotary_pos_emb,
+        eager_attention_forward,
+    )
+    from modeling_minimind_v.configuration_minimind import MiniMindConfig
+    from modeling_minimind_v.decode_attention import DecodeAttention
+    from modeling_minimind_v.fast_generate import MiniMindStaticCache
+
+    config = MiniMindConfig(vocab_size=64, hidden_size=heads * head_dim, num_hidden_layers=1,
+                            num_attention_heads=heads, num_key_value_heads=kv_heads, qk_norm=qk_norm)
+    torch.manual_seed(0)
+    module = MiniMindAttention(config, layer_idx=0).to(device, dtype)
+    if qk_norm:  # not all ones, so a kernel that skips the weight fails
+        module.q_norm.weight.data.uniform_(0.5, 1.5)
+        module.k_norm.weight.data.uniform_(0.5, 1.5)
+    rotary = MiniMindRotaryEmbedding(config).to(device)
+    batch, pad = 3, torch.tensor([0, 5, 30])  # left padding per row (prompt slots)
+    for pos in (37, 63, 64, 130):
+        caches = []
+        for _ in range(2):
+            cache = MiniMindStaticCache(config=config, max_cache_len=cache_len)
+            cache.early_initialization(batch, kv_heads, head_dim, dtype, torch.device(device))
+            caches.append(cache)
+        history = torch.randn(2, batch, kv_heads, pos, head_dim, generator=torch.Generator().manual_seed(pos))
+        for cache in caches:
+            cache.update(history[0].to(device, dtype), history[1].to(device, dtype), 0)
+        valid = (torch.arange(cache_len)[None, :] >= pad[:, None]).to(device)
+        query, key, value = (torch.randn(batch, 1, n * head_dim, device=device, dtype=dtype)
+                             for n in (heads, kv_heads, kv_heads))
+        positions = (pos - pad)[:, None].clamp(min=0).to(device)  # [b, 1]
+        cos, sin = rotary(query, positions)
+
+        kernels = DecodeAttention(caches[0], valid, positions, rotary.inv_freq)
+        got = kernels(module, torch.cat([query, key, value], -1))
+
+        shape = (batch, 1, -1, head_dim)
+        q = module.q_norm(query.view(shape)).transpose(1, 2)
+        k = module.k_norm(key.view(shape)).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        keys, values = caches[1].update(k, value.view(shape).transpose(1, 2), 0)
+        allowed = (torch.arange(cache_len, device=device)[None, :] <= pos) & valid
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+        want, _ = eager_attention_forward(module, q, keys, values, mask[:, None, None], module.scaling)
+        tol = 1e-5 if dtype == torch.float32 else 5e-2  # bf16: eager rounds scores and weights, the kernels do not
+        torch.testing.assert_close(got.float(), want.reshape(batch, 1, -1).float(), atol=tol, rtol=tol)
+        written = caches[0].layers[0]
+        torch.testing.assert_close(written.keys[:, :, pos].float(), keys[:, :, pos].float(), atol=tol, rtol=tol)
+        assert torch.equal(written.values[:, :, pos], values[:, :, pos])
+        assert torch.equal(written.keys[:, :, :pos], keys[:, :, :pos])  # nothing else written
+        assert not written.keys[:, :, pos + 1:].any()
+        assert int(caches[0].position()) == pos  # the kernels do not advance the shared write position
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("qk_norm,heads,kv_heads", [(True, 16, 8), (False, 12, 4), (True, 6, 2)],
+                         ids=["qwen3-group2", "llama-group3", "qwen3-group3"])
+def test_decode_attention_kernels_match_the_modules(dtype, qk_norm, heads, kv_heads):
+    pytest.importorskip("triton")
+    decode_attention_matches_modules("cuda", dtype, qk_norm, heads, kv_heads)
