@@ -26,7 +26,9 @@ from pathlib import Path
 import torch
 import transformers
 
+import modeling_minimind_v.fast_generate as fast_decoding
 from modeling_minimind_v import MiniMindVConfig, MiniMindVForConditionalGeneration
+from modeling_minimind_v.decode_attention import decode_kernels_available
 
 logger = logging.getLogger(__name__)
 
@@ -513,6 +515,10 @@ def run_benchmark(args, partial=None) -> dict:
                "torch": torch.__version__, "batch_size": args.batch_size, "seq_len": args.seq_len,
                "image_tokens": config.image_seq_length, "new_tokens": args.new_tokens}
     results["transformers"] = transformers.__version__
+    if args.decode_attention == "kernels" and not decode_kernels_available(config.get_text_config(), device):
+        raise ValueError("--decode-attention kernels needs a CUDA device, Triton and a power-of-two head_dim")
+    fast_decoding.USE_DECODE_KERNELS = args.decode_attention == "kernels"
+    results["decode_attention"] = args.decode_attention
     systems = {"minimind": ("minimind", can_compile, True, True)}
     if args.compare_hf:
         systems["llava_eager"] = ("llava", False, False, False)

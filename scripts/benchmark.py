@@ -45,6 +45,9 @@ def parse_args(argv=None):
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100 SXM: 989)")
     p.add_argument("--no-compile", action="store_true", help="skip every torch.compile (eager only)")
+    p.add_argument("--decode-attention", choices=["module", "kernels"], default="module",
+                   help="minimind-v's static-cache decode step on CUDA: the attention modules' own path (default) "
+                        "or the Triton decode-attention kernels (modeling_minimind_v/decode_attention.py)")
     p.add_argument("--profile", action="store_true", help="write a Chrome trace of minimind training steps")
     p.add_argument("--profile-dir", default="benchmark_profile")
     p.add_argument("--e2e-model", default=None,

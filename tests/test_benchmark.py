@@ -12,7 +12,7 @@ def test_tiny_benchmark_measures_both_systems():
     args = Namespace(preset="tiny", device="cpu", compare_hf=True, modes="train,generate",
                      systems="minimind,llava_eager", batch_size=2, seq_len=32, label_fraction=0.5, train_steps=1,
                      warmup_steps=1, gen_batch="1", prompt_text_tokens=4, new_tokens=12, peak_tflops=1.0,
-                     no_compile=True, profile=False, profile_dir="unused", json_out=None)
+                     no_compile=True, decode_attention="module", profile=False, profile_dir="unused", json_out=None)
     results = run_benchmark(args)
     for system in ("minimind", "llava_eager"):
         generated = results[system]["generate"]["batch1"]
@@ -31,8 +31,8 @@ def test_end_to_end_mode_runs_the_trainer_padded_and_packed_to_the_same_losses()
     step alone on the same batches."""
     args = Namespace(preset="tiny", device="cpu", compare_hf=False, modes="e2e", systems="minimind", batch_size=2,
                      seq_len=32, gen_batch="1", new_tokens=3, train_steps=2, warmup_steps=1, no_compile=True,
-                     e2e_model=None, e2e_rows=32, e2e_batch_size=8, num_workers=0, profile=False,
-                     e2e_layouts="padded,packed")
+                     decode_attention="module", e2e_model=None, e2e_rows=32, e2e_batch_size=8, num_workers=0,
+                     profile=False, e2e_layouts="padded,packed")
     seen = []  # what the script's --json-out would hold after each measurement
     results = run_benchmark(args, partial=lambda r: seen.append(sorted(r.get("minimind_e2e", {}))))
     e2e = results["minimind_e2e"]
@@ -57,12 +57,21 @@ def test_end_to_end_mode_builds_a_random_checkpoint_for_presets_that_need_a_real
     monkeypatch.setitem(benchmark.E2E_RANDOM_CHECKPOINTS, "tiny", ("qwen3", "tiny", "tiny"))
     args = Namespace(preset="tiny", device="cpu", compare_hf=False, modes="e2e", systems="none", batch_size=2,
                      seq_len=32, gen_batch="1", new_tokens=3, train_steps=2, warmup_steps=1, no_compile=True,
-                     e2e_model=None, e2e_rows=16, e2e_batch_size=8, num_workers=0, profile=False,
-                     e2e_layouts="padded")
+                     decode_attention="module", e2e_model=None, e2e_rows=16, e2e_batch_size=8, num_workers=0,
+                     profile=False, e2e_layouts="padded")
     e2e = run_benchmark(args)["minimind_e2e"]
     assert set(e2e) == {"padded"} and e2e["padded"]["steps_timed"] == 2 and e2e["padded"]["final_loss"] > 0
     with pytest.raises(ValueError, match="--e2e-layouts"):
         run_benchmark(Namespace(**{**vars(args), "e2e_layouts": "padded,sorted"}))
+
+
+def test_decode_kernels_without_cuda_are_a_clear_error():
+    """The Triton decode attention needs CUDA: asking for it on CPU fails up front instead of timing another path."""
+    args = Namespace(preset="tiny", device="cpu", compare_hf=False, modes="generate", systems="minimind",
+                     batch_size=2, seq_len=32, gen_batch="1", new_tokens=3, no_compile=True,
+                     decode_attention="kernels", profile=False, json_out=None)
+    with pytest.raises(ValueError, match="--decode-attention kernels needs a CUDA device"):
+        run_benchmark(args)
 
 
 def test_per_step_kernels_subtracts_the_prefill_and_ranks_by_gpu_time():
