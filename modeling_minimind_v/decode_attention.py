@@ -3,8 +3,8 @@
 The first kernel takes the new token's raw q/k/v projections and does, per KV head and 64-slot block of the static
 KV cache: QK-norm and RoPE of q and k (rounded to the model dtype where the eager modules round), the write of k and
 v into the cache, and a softmax-weighted sum over the block's keys. The second combines the blocks. In the
-compiled step that replaces six kernels per layer (q and k norm + RoPE, the cache write, two GEMVs and the masked
-softmax) and reads every cached key and value once for all the query heads that share it.
+compiled step they take the place of the QK-norm + RoPE + cache-write kernels, the two attention GEMVs and the masked
+softmax (four fewer launches per layer), and read every cached key and value once for all the query heads sharing it.
 
 Opt-in (`fast_generate.USE_DECODE_KERNELS`, `scripts/benchmark.py --decode-attention kernels`): on an H200 they
 cut the kernels per decode step from 346 to 234 at batch 1 but not the time (the first kernel takes ~8 µs per layer
@@ -19,7 +19,7 @@ import torch
 try:
     import triton
     import triton.language as tl
-except ImportError:  # no Triton (CPU-only torch): decode_kernels_available says so and the decoder keeps its usual attention
+except ImportError:  # no Triton (CPU-only torch): decode_kernels_available says so; the modules' attention runs
     triton = None
 
 BLOCK_N = 64  # cache slots per program of the first kernel

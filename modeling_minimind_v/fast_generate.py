@@ -36,7 +36,8 @@ CACHE_ROUND = 128  # KV-cache capacity is a multiple of this, and a decoder serv
 STEP_COMPILE_OPTIONS = {"coordinate_descent_tuning": True}
 # True: on CUDA with Triton, the step's attention runs as decode_attention.py's split-KV kernels (QK-norm, RoPE and
 # the cache write fused in). Off by default: on an H200 they cut the kernels per step (346 -> 234 at batch 1) but
-# not the time (batch 32: 8% fewer tokens/s), docs/benchmarks.md; `scripts/benchmark.py --decode-attention` flips it.
+# not the time (batch 32: 5% fewer tokens/s on one machine), docs/benchmarks.md. `benchmark.py --decode-attention`
+# flips it.
 USE_DECODE_KERNELS = False
 
 
