@@ -30,6 +30,12 @@ STEPS_PER_GRAPH = 8  # decode steps captured in one CUDA graph: one replay (and 
 EOS_CHECK_EVERY = 16  # steps between host checks for "every row has finished" (a multiple of STEPS_PER_GRAPH)
 CACHE_ROUND = 128  # KV-cache capacity is a multiple of this, and a decoder serves any request that fits: other
 # prompt lengths and max_new_tokens reuse the compiled step instead of compiling a new one.
+# On CUDA the prefill (vision tower + prompt forward + first token choice) of a dense decoder is captured as a CUDA
+# graph per prompt shape, on the first request of that shape, and replayed by the later ones: eager, it is
+# host-bound (~33 ms of Python and launches for a one-image prompt at 0.6B size). Prompts are left-padded (masked) to
+# a multiple of PREFILL_ROUND tokens so that nearby lengths share a graph; the PREFILL_GRAPHS most recent are kept.
+PREFILL_ROUND = 16
+PREFILL_GRAPHS = 8
 # Inductor settings of the compiled decode step. Coordinate-descent tuning makes Inductor lower one-row matmuls
 # (batch-1 decoding) to multiply + sum reductions it tunes and fuses with neighbouring RMSNorm / residual / SwiGLU
 # work, instead of one cuBLAS GEMV launch per projection (1.76x tokens/s at batch 1 on an H200, docs/benchmarks.md).
@@ -131,6 +137,9 @@ class FastDecoder:
             self.attention_args = {"attention_interface": eager_attention_forward}
         self.graph = None
         self.step_fn = self._step
+        # Captured prefills, {prompt shape: (graph, its input buffers)}, oldest first. None: prefill runs eagerly
+        # (CPU; MoE, whose routing counts tokens per expert on the host; or a capture failed).
+        self.prefills = {} if captures_prefill(model) else None
         if device.type == "cuda":
             self._capture()
         logger.info("fast static-cache decoding: batch %d, cache %d slots, %s, %s attention", batch_size, cache_len,
@@ -220,10 +229,86 @@ class FastDecoder:
         for dst, src in zip(self._state(), saved):
             dst.copy_(src)
 
+    # -------------------------------------------------------------------------------------------- the prefill
+    def padded_prompt(self, input_ids, attention_mask, pad_id: int):
+        """The prompt left-padded to `prompt_slots` tokens (padding masked, so the outputs are the unpadded ones)."""
+        extra = prompt_slots(self.model, input_ids.shape[1]) - input_ids.shape[1]
+        if not extra:
+            return input_ids, attention_mask
+        image_token = self.model.config.image_token_id
+        pad = input_ids.new_full((input_ids.shape[0], extra), pad_id if pad_id != image_token else image_token ^ 1)
+        return torch.cat([pad, input_ids], 1), torch.cat([torch.zeros_like(pad, dtype=attention_mask.dtype),
+                                                           attention_mask], 1)
+
+    def _prefill(self, input_ids, attention_mask, pixel_values):
+        """The prompt into the cache and the first token's choice, through the model's own image merge (its
+        `get_image_features` + `merge_image_features`) and decoder. No host sync, so it can be captured: the
+        caller has checked the placeholders against the images."""
+        vlm = self.model.model
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [b, s]: left padding starts at 0
+        prompt_mask = self._mask(torch.arange(input_ids.shape[1], device=input_ids.device)
+                                 .expand(input_ids.shape[0], -1))
+        embeds = self.language_model.embed_tokens(input_ids)  # [b, s, h]
+        if pixel_values is not None:
+            features = vlm.get_image_features(pixel_values, return_dict=True).pooler_output
+            embeds = vlm.merge_image_features(embeds, input_ids == self.model.config.image_token_id, features,
+                                              check=False)
+        out = self.language_model(
+            inputs_embeds=embeds, attention_mask={"full_attention": prompt_mask}, position_ids=positions,
+            past_key_values=self.cache, use_cache=True, output_attentions=False, output_hidden_states=False,
+            output_router_logits=False, return_dict=True,
+        )
+        first = self._select(self.model.lm_head(out.last_hidden_state[:, -1:])[:, -1].float())
+        self.tokens.copy_(first[:, None])
+        self.positions.copy_(positions[:, -1:] + 1)
+
+    def _run_prefill(self, input_ids, attention_mask, pixel_values):
+        """`_prefill`, as a replay of the graph captured for this prompt shape when there is one. The first
+        request of a shape runs it eagerly (also the capture's warm-up), then captures it for the next ones."""
+        if self.prefills is None:
+            return self._prefill(input_ids, attention_mask, pixel_values)
+        key = (tuple(input_ids.shape), None if pixel_values is None else (tuple(pixel_values.shape),
+                                                                           pixel_values.dtype))
+        entry = self.prefills.pop(key, None)
+        if entry is not None:
+            graph, buffers = entry
+            for buffer, value in zip(buffers, (input_ids, attention_mask, pixel_values)):
+                if buffer is not None:
+                    buffer.copy_(value)
+            graph.replay()
+        else:
+            stream = torch.cuda.Stream()  # warm-up on a side stream, as CUDA-graph capture wants
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._prefill(input_ids, attention_mask, pixel_values)
+            torch.cuda.current_stream().wait_stream(stream)
+            entry = self._capture_prefill(input_ids, attention_mask, pixel_values)
+        if entry is not None and self.prefills is not None:
+            self.prefills[key] = entry  # most recently used last
+            while len(self.prefills) > PREFILL_GRAPHS:
+                del self.prefills[next(iter(self.prefills))]
+
+    def _capture_prefill(self, input_ids, attention_mask, pixel_values):
+        """A graph of `_prefill` over copies of these inputs (capturing records, it does not run: the state the
+        eager prefill left stays). On failure the decoder keeps its prefill eager."""
+        buffers = tuple(None if t is None else t.clone() for t in (input_ids, attention_mask, pixel_values))
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._prefill(*buffers)
+        except Exception as error:  # e.g. a vision tower that syncs with the host: stay correct, only slower
+            logger.warning("fast static-cache decoding: the prefill could not be captured as a CUDA graph (%s); "
+                           "it runs eagerly", error)
+            self.prefills = None
+            return None
+        return graph, buffers
+
     # -------------------------------------------------------------------------------------------- a request
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, pixel_values, max_new_tokens, min_new_tokens, eos_ids, pad_id):
         model = self.model
+        prompt = input_ids
+        input_ids, attention_mask = self.padded_prompt(input_ids, attention_mask, pad_id)
         batch, prompt_len = input_ids.shape
         self.language_model.fuse_projections()  # in place: the captured graph keeps reading the same buffers
         self.valid.fill_(True)
@@ -235,14 +320,9 @@ class FastDecoder:
         self.eos.fill_(-1)
         self.eos[: len(eos_ids)] = torch.tensor(eos_ids, dtype=torch.long)
         self.cache.rewind()
-
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        prompt_mask = self._mask(torch.arange(prompt_len, device=input_ids.device).expand(batch, -1))
-        out = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask={"full_attention": prompt_mask},
-                    position_ids=positions, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-        first = self._select(out.logits[:, -1].float())
-        self.tokens.copy_(first[:, None])
-        self.positions.copy_(positions[:, -1:] + 1)
+        self.model.model.check_image_tokens(  # eager, before any graph: a host sync of the placeholder count
+            prompt == model.config.image_token_id, None if pixel_values is None else pixel_values.shape[0])
+        self._run_prefill(input_ids, attention_mask, pixel_values)
 
         produced, replays = 1, 0
         while produced < max_new_tokens:
@@ -260,7 +340,18 @@ class FastDecoder:
         all_done = done.all(0).nonzero()
         if len(all_done):
             new_tokens = new_tokens[:, : int(all_done[0]) + 1]
-        return torch.cat([input_ids, new_tokens], dim=1)
+        return torch.cat([prompt, new_tokens], dim=1)
+
+
+def captures_prefill(model) -> bool:
+    """Whether the fast decoder captures this model's prefill as CUDA graphs (CUDA, dense decoder: MoE routing
+    counts tokens per expert on the host)."""
+    return model.device.type == "cuda" and not model.config.get_text_config().num_experts
+
+
+def prompt_slots(model, prompt_len: int) -> int:
+    """Cache slots a prompt of `prompt_len` tokens takes: rounded up to PREFILL_ROUND where prefills are captured."""
+    return -(-prompt_len // PREFILL_ROUND) * PREFILL_ROUND if captures_prefill(model) else prompt_len
 
 
 def fast_generate_settings(model, kwargs: dict) -> dict | None:
@@ -306,10 +397,10 @@ def fast_generate_settings(model, kwargs: dict) -> dict | None:
 @torch.no_grad()  # also while compiling and capturing the step: no autograd graph of the decode
 def fast_generate(model, settings: dict) -> torch.Tensor:
     batch, prompt_len = settings["input_ids"].shape
-    needed = prompt_len + settings["max_new_tokens"]
     key = (batch, settings["sampling"], model.device, model.dtype)
     decoders = model.__dict__.setdefault("_fast_decoders", {})
     decoder = decoders.get(key)
+    needed = prompt_slots(model, prompt_len) + settings["max_new_tokens"]
     if decoder is None or decoder.max_length < needed:
         decoders.clear()  # one captured setting at a time: its buffers hold a KV cache
         cache_len = -(-(needed + STEPS_PER_GRAPH) // CACHE_ROUND) * CACHE_ROUND

@@ -225,9 +225,11 @@ class MiniMindVModel(MiniMindVPreTrainedModel):
                 f"{n_images * seq_len} image features"
             )
 
-    def merge_image_features(self, inputs_embeds, placeholder_mask, image_features) -> torch.Tensor:
-        """Write image features, in order, into the placeholder positions (vectorised, no host sync)."""
-        if not torch.compiler.is_compiling():
+    def merge_image_features(self, inputs_embeds, placeholder_mask, image_features, check: bool = True) -> torch.Tensor:
+        """Write image features, in order, into the placeholder positions (vectorised, no host sync). `check`: count
+        the placeholders against the features first (a host sync; skipped when compiling, or by a caller that has
+        checked them, such as a CUDA-graph capture)."""
+        if check and not torch.compiler.is_compiling():
             self.check_image_tokens(placeholder_mask, image_features.shape[0], image_features.shape[1])
         # masked_scatter's semantics (the k-th placeholder takes the k-th feature row) as a gather + where: the
         # backward of masked_scatter waits for the GPU (it counts the mask on the host), a gather's does not.

@@ -149,6 +149,26 @@ def test_one_decoder_serves_other_prompt_lengths_and_max_new_tokens(model, monke
     assert built == [fast.CACHE_ROUND, 2 * fast.CACHE_ROUND]  # outgrew it: a larger one
 
 
+def test_prompts_padded_to_the_prefill_round_match_transformers(model, monkeypatch):
+    """On CUDA a dense decoder left-pads prompts to a multiple of PREFILL_ROUND (one captured prefill per padded
+    shape). The padding is masked: forced here on CPU, the tokens stay transformers', the returned rows start with
+    the caller's prompt, and the padding takes cache slots."""
+    monkeypatch.setattr(fast, "prompt_slots", lambda m, n: -(-n // 16) * 16)
+    model.__dict__.pop("_fast_decoders", None)
+    inputs = batch()
+    assert inputs["input_ids"].shape[1] % 16
+    for pad_id in (0, model.config.image_token_id):  # a pad id that is the image token must not add placeholders
+        kwargs = dict(**inputs, max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=pad_id)
+        static = model.generate(**kwargs, cache_implementation="static")
+        assert torch.equal(static, model.generate(**kwargs))
+    decoder = next(iter(model._fast_decoders.values()))
+    width = inputs["input_ids"].shape[1]
+    slots = -(-width // 16) * 16
+    assert int(decoder.cache.get_seq_length()) == slots + fast.STEPS_PER_GRAPH  # padded prompt, then the steps
+    assert not decoder.valid[:, : slots - width].any() and decoder.valid[:, slots - width : slots].any(0).all()
+    model.__dict__.pop("_fast_decoders", None)
+
+
 def test_image_token_mismatch_is_a_clear_error_on_the_static_path(model):
     inputs = batch()
     ids = inputs["input_ids"].clone()

@@ -35,16 +35,16 @@ def small_model(**overrides):
                       intermediate_size=512, num_hidden_layers=4, **overrides).cuda()
 
 
-def inputs(batch=2, left_pad=0):
+def inputs(batch=2, left_pad=0, seed=0):
     """`left_pad`: that many padding tokens at the start of row 0 (before its text)."""
-    ids = torch.randint(6, 1024, (batch, 30), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(6, 1024, (batch, 30), generator=torch.Generator().manual_seed(seed))
     ids[:, 1:10] = 5
     mask = torch.ones_like(ids)
     ids = torch.cat([torch.full((batch, left_pad), 6), ids], 1)
     mask = torch.cat([torch.ones(batch, left_pad, dtype=torch.long), mask], 1)
     mask[0, :left_pad], ids[0, :left_pad] = 0, 0
     return {"input_ids": ids.cuda(), "attention_mask": mask.cuda(),
-            "pixel_values": torch.randn(batch, 3, 48, 48, generator=torch.Generator().manual_seed(1)).cuda()}
+            "pixel_values": torch.randn(batch, 3, 48, 48, generator=torch.Generator().manual_seed(seed + 1)).cuda()}
 
 
 @pytest.fixture(scope="module")
@@ -172,12 +172,25 @@ def test_trl_script_bf16_lora(data, tmp_path):
 MOE = {"num_experts": 4, "n_shared_experts": 1, "num_experts_per_tok": 2, "moe_intermediate_size": 256}
 
 
+def assert_greedy_under_eager_forward(model, x, generated):
+    """Every generated token is (within 1e-3) the argmax of the eager model's logits for its prefix."""
+    prompt = x["input_ids"].shape[1]
+    mask = torch.cat([x["attention_mask"], torch.ones_like(generated[:, prompt:])], 1)
+    with torch.no_grad():
+        logits = model(input_ids=generated, attention_mask=mask, pixel_values=x["pixel_values"]).logits.float()
+    step_logits = logits[:, prompt - 1 : -1]  # predictions for each generated token
+    chosen = step_logits.gather(-1, generated[:, prompt:, None]).squeeze(-1)
+    assert (chosen >= step_logits.max(-1).values - 1e-3).all()
+
+
 @pytest.mark.parametrize("attention", ["module", "kernels"])
 @pytest.mark.parametrize("overrides", [{}, MOE], ids=["dense", "moe"])
 def test_compiled_static_cache_generation_is_greedy_under_eager_forward(overrides, attention, monkeypatch):
     """Compiled kernels may flip near-ties of a random model, so check what matters: every token the CUDA-graph
     decoder picked is (within 1e-3) the argmax of the eager model's logits for that prefix. `attention`: the
-    step's attention as the modules run it, or as the Triton decode kernels (decode_attention.py)."""
+    step's attention as the modules run it, or as the Triton decode kernels (decode_attention.py). The dense
+    decoder's prefill is captured on the first request of a (padded) prompt shape and replayed by the next ones,
+    which must read their own prompt and image."""
     import modeling_minimind_v.fast_generate as fast
 
     if attention == "kernels":
@@ -189,21 +202,20 @@ def test_compiled_static_cache_generation_is_greedy_under_eager_forward(override
         x = inputs(batch, left_pad=3 if batch > 1 else 0)  # row 0 of the batch is left-padded
         static = model.generate(**x, **kwargs, cache_implementation="static")  # compiles + captures the step
         assert static.shape == (batch, x["input_ids"].shape[1] + 24)
-        mask = torch.cat([x["attention_mask"], torch.ones_like(static[:, x["input_ids"].shape[1]:])], 1)
-        with torch.no_grad():
-            logits = model(input_ids=static, attention_mask=mask, pixel_values=x["pixel_values"]).logits.float()
-        prompt = x["input_ids"].shape[1]
-        step_logits = logits[:, prompt - 1 : -1]  # predictions for each generated token
-        chosen = step_logits.gather(-1, static[:, prompt:, None]).squeeze(-1)
-        assert (chosen >= step_logits.max(-1).values - 1e-3).all()
-        again = model.generate(**x, **kwargs, cache_implementation="static")  # replay of the captured graph
+        assert torch.equal(static[:, : x["input_ids"].shape[1]], x["input_ids"])
+        assert_greedy_under_eager_forward(model, x, static)
+        again = model.generate(**x, **kwargs, cache_implementation="static")  # replay of the captured graphs
         assert torch.equal(again, static)
         decoder = next(iter(model._fast_decoders.values()))
         assert (decoder.kernels is not None) == (attention == "kernels")
+        assert (decoder.prefills is not None and len(decoder.prefills) == 1) == (not overrides)  # dense: captured
+        other = inputs(batch, left_pad=3 if batch > 1 else 0, seed=7)  # same shapes, another prompt and image
+        replayed = model.generate(**other, **kwargs, cache_implementation="static")
+        assert_greedy_under_eager_forward(model, other, replayed)
         fewer = model.generate(**x, **{**kwargs, "max_new_tokens": 10, "min_new_tokens": 10},
                                cache_implementation="static")  # fits the cache: the same captured graph serves it
         assert next(iter(model._fast_decoders.values())) is decoder
-        assert torch.equal(fewer, static[:, : prompt + 10])
+        assert torch.equal(fewer, static[:, : x["input_ids"].shape[1] + 10])
 
 
 def test_compiled_training_step_matches_eager():
