@@ -1,7 +1,9 @@
 """Fast decoding for `generate(..., cache_implementation="static")`: a preallocated KV cache (transformers'
 `StaticCache`) and a decode step that is compiled and captured once as a CUDA graph, so each new token costs one
 graph replay instead of a Python pass through `generate`'s machinery. One decoder (its cache, its compiled step)
-serves every request of its batch size and sampling settings that fits its cache, whatever the prompt length.
+serves every request of its batch size and sampling settings that fits its cache, whatever the prompt length. On
+CUDA a dense decoder also captures its prefill (vision tower, prompt forward, first token) as a graph per padded
+prompt shape: a request of a shape seen before replays it instead of running ~1,000 eager launches.
 
 The step runs the model's own modules (`MiniMindModel.forward`, with the q/k/v and gate/up matmuls fused by the
 modules themselves, see `fuse_projections`); local are the token choice and the cache's one write counter. Used
@@ -36,6 +38,7 @@ CACHE_ROUND = 128  # KV-cache capacity is a multiple of this, and a decoder serv
 # a multiple of PREFILL_ROUND tokens so that nearby lengths share a graph; the PREFILL_GRAPHS most recent are kept.
 PREFILL_ROUND = 16
 PREFILL_GRAPHS = 8
+CAPTURE_PREFILL = True  # False: prefills run eagerly (no per-shape graph memory, no prompt padding)
 # Inductor settings of the compiled decode step. Coordinate-descent tuning makes Inductor lower one-row matmuls
 # (batch-1 decoding) to multiply + sum reductions it tunes and fuses with neighbouring RMSNorm / residual / SwiGLU
 # work, instead of one cuBLAS GEMV launch per projection (1.76x tokens/s at batch 1 on an H200, docs/benchmarks.md).
@@ -346,7 +349,7 @@ class FastDecoder:
 def captures_prefill(model) -> bool:
     """Whether the fast decoder captures this model's prefill as CUDA graphs (CUDA, dense decoder: MoE routing
     counts tokens per expert on the host)."""
-    return model.device.type == "cuda" and not model.config.get_text_config().num_experts
+    return CAPTURE_PREFILL and model.device.type == "cuda" and not model.config.get_text_config().num_experts
 
 
 def prompt_slots(model, prompt_len: int) -> int:

@@ -6,7 +6,7 @@
 * packed batches (FlexAttention with a per-document block mask) give the padded batch's loss and gradients.
 * scripts/train_sft_trl.py in bf16 with LoRA (when trl is installed).
 * compiled static-cache decoding (the CUDA-graph decoder, dense and MoE, the modules' attention and the Triton decode
-  kernels) against eager greedy decoding; the decode kernels against the modules' QK-norm, RoPE, cache update and
+  kernels) against eager greedy decoding, the dense decoder's captured prefill replayed for another prompt and image; the decode kernels against the modules' QK-norm, RoPE, cache update and
   attention; the compiled training step against the eager one; the chunked loss in bf16; the trainer's step runs
   without a device-to-host sync.
 
@@ -196,6 +196,7 @@ def test_compiled_static_cache_generation_is_greedy_under_eager_forward(override
     if attention == "kernels":
         pytest.importorskip("triton")
     monkeypatch.setattr(fast, "USE_DECODE_KERNELS", attention == "kernels")
+    monkeypatch.setattr(fast, "CAPTURE_PREFILL", True)
     model = small_model(**overrides).eval()
     kwargs = dict(max_new_tokens=24, min_new_tokens=24, do_sample=False, pad_token_id=0)
     for batch in (1, 4):
