@@ -241,8 +241,9 @@ class FastDecoder:
         extra = prompt_slots(self.model, input_ids.shape[1]) - input_ids.shape[1]
         if not extra:
             return input_ids, attention_mask
-        image_token = self.model.config.image_token_id
-        pad = input_ids.new_full((input_ids.shape[0], extra), pad_id if pad_id != image_token else image_token ^ 1)
+        image_token = self.model.config.image_token_id  # a pad id equal to it would add placeholders: use another
+        fill = pad_id if pad_id != image_token else (image_token - 1 if image_token > 0 else 1)
+        pad = input_ids.new_full((input_ids.shape[0], extra), fill)
         return torch.cat([pad, input_ids], 1), torch.cat([torch.zeros_like(pad, dtype=attention_mask.dtype),
                                                            attention_mask], 1)
 

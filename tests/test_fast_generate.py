@@ -150,9 +150,9 @@ def test_one_decoder_serves_other_prompt_lengths_and_max_new_tokens(model, monke
 
 
 def test_prompts_padded_to_the_prefill_round_match_transformers(model, monkeypatch):
-    """On CUDA a dense decoder left-pads prompts to a multiple of PREFILL_ROUND (one captured prefill per padded
-    shape). The padding is masked: forced here on CPU, the tokens stay transformers', the returned rows start with
-    the caller's prompt, and the padding takes cache slots."""
+    """With CAPTURE_PREFILL on CUDA a dense decoder left-pads prompts to a multiple of PREFILL_ROUND (one captured
+    prefill per padded shape). The padding is masked: forced here on CPU, the tokens stay transformers', the returned
+    rows start with the caller's prompt, and the padding takes cache slots."""
     monkeypatch.setattr(fast, "prompt_slots", lambda m, n: -(-n // 16) * 16)
     model.__dict__.pop("_fast_decoders", None)
     inputs = batch()
