@@ -6,9 +6,9 @@
 * packed batches (FlexAttention with a per-document block mask) give the padded batch's loss and gradients.
 * scripts/train_sft_trl.py in bf16 with LoRA (when trl is installed).
 * compiled static-cache decoding (the CUDA-graph decoder, dense and MoE, the modules' attention and the Triton decode
-  kernels) against eager greedy decoding, the dense decoder's captured prefill replayed for another prompt and image; the decode kernels against the modules' QK-norm, RoPE, cache update and
-  attention; the compiled training step against the eager one; the chunked loss in bf16; the trainer's step runs
-  without a device-to-host sync.
+  kernels) against eager greedy decoding, the dense decoder's captured prefill replayed for another prompt and
+  image; the decode kernels against the modules' QK-norm, RoPE, cache update and attention; the compiled training
+  step against the eager one; the chunked loss in bf16; the trainer's step runs without a device-to-host sync.
 
 Run on a GPU machine: `python -m pytest tests/test_gpu.py -q` (about 9 minutes in one process on an H200; the tests
 are independent, so `-n 4` with pytest-xdist takes about 4).
