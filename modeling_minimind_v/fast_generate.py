@@ -38,8 +38,8 @@ CACHE_ROUND = 128  # KV-cache capacity is a multiple of this, and a decoder serv
 # ones. Eager, the prefill is host-bound (~33 ms of Python and launches for a one-image prompt at 0.6B size on an
 # H200, against a few ms of GPU work). Prompts are then left-padded (masked) to a multiple of PREFILL_ROUND tokens so
 # that nearby lengths share a graph; the PREFILL_GRAPHS most recent are kept. Off by default until its speed has
-# been measured: tests/test_gpu.py switches it on and passes on an H100, the benchmark A/B has not run yet
-# (docs/benchmarks.md).
+# been measured: tests/test_gpu.py switches it on and passes on an H100, the benchmark A/B (`scripts/benchmark.py
+# --prefill graph` against `--prefill eager`) has not run yet (docs/benchmarks.md).
 PREFILL_ROUND = 16
 PREFILL_GRAPHS = 8
 CAPTURE_PREFILL = False

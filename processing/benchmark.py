@@ -19,7 +19,7 @@ import itertools
 import json
 import logging
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -517,8 +517,34 @@ def run_benchmark(args, partial=None) -> dict:
     results["transformers"] = transformers.__version__
     if args.decode_attention == "kernels" and not decode_kernels_available(config.get_text_config(), device):
         raise ValueError("--decode-attention kernels needs a CUDA device, Triton and a power-of-two head_dim")
-    fast_decoding.USE_DECODE_KERNELS = args.decode_attention == "kernels"
     results["decode_attention"] = args.decode_attention
+    requested = getattr(args, "prefill", None)  # None: the library's own setting
+    moe = bool(config.get_text_config().num_experts)
+    if requested == "graph" and moe:
+        raise ValueError(f"--prefill graph: preset {args.preset!r} has an MoE decoder, whose prefill stays eager "
+                         "(its routing counts tokens per expert on the host)")
+    if requested == "graph" and device.type != "cuda":
+        raise ValueError("--prefill graph needs a CUDA device (the prefill is captured as a CUDA graph)")
+    capture = requested == "graph" if requested else fast_decoding.CAPTURE_PREFILL
+    results["prefill"] = "graph" if capture and device.type == "cuda" and not moe else "eager"  # what runs
+    with fast_decoding_switches(args.decode_attention == "kernels", capture):
+        return _run(args, partial, results, config, device, dtype, can_compile)
+
+
+@contextmanager
+def fast_decoding_switches(decode_kernels: bool, capture_prefill: bool):
+    """fast_generate's opt-in switches set for one benchmark run and put back after it, so that the caller's process
+    keeps its own."""
+    saved = fast_decoding.USE_DECODE_KERNELS, fast_decoding.CAPTURE_PREFILL
+    fast_decoding.USE_DECODE_KERNELS, fast_decoding.CAPTURE_PREFILL = decode_kernels, capture_prefill
+    try:
+        yield
+    finally:
+        fast_decoding.USE_DECODE_KERNELS, fast_decoding.CAPTURE_PREFILL = saved
+
+
+def _run(args, partial, results, config, device, dtype, can_compile) -> dict:
+    """The measurements of `run_benchmark`, after its checks."""
     systems = {"minimind": ("minimind", can_compile, True, True)}
     if args.compare_hf:
         systems["llava_eager"] = ("llava", False, False, False)

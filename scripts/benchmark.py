@@ -48,6 +48,10 @@ def parse_args(argv=None):
     p.add_argument("--decode-attention", choices=["module", "kernels"], default="module",
                    help="minimind-v's static-cache decode step on CUDA: the attention modules' own path (default) "
                         "or the Triton decode-attention kernels (modeling_minimind_v/decode_attention.py)")
+    p.add_argument("--prefill", choices=["eager", "graph"], default=None,
+                   help="minimind-v's static-cache prefill on CUDA (dense decoders): eager, or captured as a CUDA "
+                        "graph per prompt shape and replayed (modeling_minimind_v/fast_generate.py, CAPTURE_PREFILL). "
+                        "Default: the library's own setting")
     p.add_argument("--profile", action="store_true", help="write a Chrome trace of minimind training steps")
     p.add_argument("--profile-dir", default="benchmark_profile")
     p.add_argument("--e2e-model", default=None,

@@ -74,6 +74,35 @@ def test_decode_kernels_without_cuda_are_a_clear_error():
         run_benchmark(args)
 
 
+def test_prefill_graphs_without_cuda_or_for_moe_are_a_clear_error():
+    """--prefill graph times the captured prefill or fails: a run that would time the eager one instead is an error."""
+    args = Namespace(preset="tiny", device="cpu", compare_hf=False, modes="generate", systems="minimind",
+                     batch_size=2, seq_len=32, gen_batch="1", new_tokens=3, no_compile=True,
+                     decode_attention="module", prefill="graph", profile=False, json_out=None)
+    with pytest.raises(ValueError, match="--prefill graph needs a CUDA device"):
+        run_benchmark(args)
+    with pytest.raises(ValueError, match="'moe' has an MoE decoder"):
+        run_benchmark(Namespace(**{**vars(args), "preset": "moe"}))
+
+
+@pytest.mark.parametrize("prefill, capture_during", [(None, True), ("eager", False)])
+def test_benchmark_sets_the_fast_decoder_switches_for_its_run_only(monkeypatch, prefill, capture_during):
+    """The benchmark's --decode-attention / --prefill hold while it runs (unset --prefill: the library's setting) and
+    the process gets its own settings back afterwards."""
+    import modeling_minimind_v.fast_generate as fast
+
+    monkeypatch.setattr(fast, "USE_DECODE_KERNELS", True)
+    monkeypatch.setattr(fast, "CAPTURE_PREFILL", True)
+    args = Namespace(preset="tiny", device="cpu", compare_hf=False, modes="generate", systems="minimind",
+                     batch_size=2, seq_len=32, gen_batch="1", prompt_text_tokens=4, new_tokens=3, no_compile=True,
+                     decode_attention="module", prefill=prefill, profile=False, json_out=None)
+    during = []
+    results = run_benchmark(args, partial=lambda r: during.append((fast.USE_DECODE_KERNELS, fast.CAPTURE_PREFILL)))
+    assert during == [(False, capture_during)]
+    assert (fast.USE_DECODE_KERNELS, fast.CAPTURE_PREFILL) == (True, True)
+    assert results["prefill"] == "eager"  # on CPU the prefill runs eagerly whatever the switch says
+
+
 def test_per_step_kernels_subtracts_the_prefill_and_ranks_by_gpu_time():
     from processing.benchmark import per_step_kernels
 
