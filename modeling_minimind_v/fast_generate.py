@@ -2,9 +2,9 @@
 `StaticCache`) and a decode step that is compiled and captured once as a CUDA graph, so each new token costs one
 graph replay instead of a Python pass through `generate`'s machinery. One decoder (its cache, its compiled step)
 serves every request of its batch size and sampling settings that fits its cache, whatever the prompt length.
-Opt-in (`CAPTURE_PREFILL`): on CUDA a dense decoder also captures its prefill (vision tower, prompt forward, first
-token) as a graph per padded prompt shape, so that a request of a shape seen before replays it instead of running
-~1,000 eager launches.
+On CUDA a dense decoder also captures its prefill (vision tower, prompt forward, first token) as a graph per padded
+prompt shape, so that a request of a shape seen before replays it instead of running ~1,000 eager launches
+(`CAPTURE_PREFILL`, on by default).
 
 The step runs the model's own modules (`MiniMindModel.forward`, with the q/k/v and gate/up matmuls fused by the
 modules themselves, see `fuse_projections`); local are the token choice and the cache's one write counter. Used
@@ -33,16 +33,17 @@ STEPS_PER_GRAPH = 8  # decode steps captured in one CUDA graph: one replay (and 
 EOS_CHECK_EVERY = 16  # steps between host checks for "every row has finished" (a multiple of STEPS_PER_GRAPH)
 CACHE_ROUND = 128  # KV-cache capacity is a multiple of this, and a decoder serves any request that fits: other
 # prompt lengths and max_new_tokens reuse the compiled step instead of compiling a new one.
-# Opt-in (CAPTURE_PREFILL): on CUDA the prefill (vision tower + prompt forward + first token choice) of a dense
-# decoder is captured as a CUDA graph per prompt shape, on the first request of that shape, and replayed by the later
-# ones. Eager, the prefill is host-bound (~33 ms of Python and launches for a one-image prompt at 0.6B size on an
-# H200, against a few ms of GPU work). Prompts are then left-padded (masked) to a multiple of PREFILL_ROUND tokens so
-# that nearby lengths share a graph; the PREFILL_GRAPHS most recent are kept. Off by default until its speed has
-# been measured: tests/test_gpu.py switches it on and passes on an H100, the benchmark A/B (`scripts/benchmark.py
-# --prefill graph` against `--prefill eager`) has not run yet (docs/benchmarks.md).
+# CAPTURE_PREFILL: on CUDA the prefill (vision tower + prompt forward + first token choice) of a dense decoder is
+# captured as a CUDA graph per prompt shape, on the first request of that shape, and replayed by the later ones.
+# Eager, the prefill is host-bound (~33 ms of Python and launches for a one-image prompt at 0.6B size, against a few
+# ms of GPU work). Prompts are then left-padded (masked) to a multiple of PREFILL_ROUND tokens so that nearby lengths
+# share a graph; the PREFILL_GRAPHS most recent are kept. On by default: on an H100, batch 1, time to first token
+# 32 ms -> 10 ms and tokens/s 717 -> 758 (`scripts/benchmark.py --prefill graph` against `--prefill eager`,
+# docs/benchmarks.md). The first request of a new shape pays the eager prefill and the capture's recording; set it to
+# False for traffic whose prompt shapes never repeat.
 PREFILL_ROUND = 16
 PREFILL_GRAPHS = 8
-CAPTURE_PREFILL = False
+CAPTURE_PREFILL = True
 # Inductor settings of the compiled decode step. Coordinate-descent tuning makes Inductor lower one-row matmuls
 # (batch-1 decoding) to multiply + sum reductions it tunes and fuses with neighbouring RMSNorm / residual / SwiGLU
 # work, instead of one cuBLAS GEMV launch per projection (1.76x tokens/s at batch 1 on an H200, docs/benchmarks.md).

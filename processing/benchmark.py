@@ -533,7 +533,7 @@ def run_benchmark(args, partial=None) -> dict:
 
 @contextmanager
 def fast_decoding_switches(decode_kernels: bool, capture_prefill: bool):
-    """fast_generate's opt-in switches set for one benchmark run and put back after it, so that the caller's process
+    """fast_generate's switches set for one benchmark run and put back after it, so that the caller's process
     keeps its own."""
     saved = fast_decoding.USE_DECODE_KERNELS, fast_decoding.CAPTURE_PREFILL
     fast_decoding.USE_DECODE_KERNELS, fast_decoding.CAPTURE_PREFILL = decode_kernels, capture_prefill
