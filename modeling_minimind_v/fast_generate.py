@@ -55,6 +55,17 @@ STEP_COMPILE_OPTIONS = {"coordinate_descent_tuning": True}
 USE_DECODE_KERNELS = False
 
 
+def warm_up(fn, *args, repeats: int = 1):
+    """Run `fn(*args)` `repeats` times on a side stream, as CUDA-graph capture wants of the work it will record
+    (compilation, autotuning and the first allocations happen outside the capture)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(repeats):
+            fn(*args)
+    torch.cuda.current_stream().wait_stream(stream)
+
+
 def greedy_token(logits: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """`logits.argmax(-1)` for [b, V] logits, as a max over chunks of the vocabulary and then over the chunks' maxima:
     two parallel reductions instead of one long one (a single 152k-wide reduction took 28-37 µs per token on an
@@ -216,12 +227,7 @@ class FastDecoder:
         except Exception:  # no compiler available: a graph of the eager step still removes the launch overhead
             self.step_fn = self._step
         saved = self._snapshot()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):  # warm-up: compile, autotune and allocate outside the capture
-                self.step_fn()
-        torch.cuda.current_stream().wait_stream(stream)
+        warm_up(self.step_fn, repeats=3)  # compile, autotune and allocate outside the capture
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self._steps()
@@ -286,11 +292,7 @@ class FastDecoder:
                     buffer.copy_(value)
             graph.replay()
         else:
-            stream = torch.cuda.Stream()  # warm-up on a side stream, as CUDA-graph capture wants
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                self._prefill(input_ids, attention_mask, pixel_values)
-            torch.cuda.current_stream().wait_stream(stream)
+            warm_up(self._prefill, input_ids, attention_mask, pixel_values)
             entry = self._capture_prefill(input_ids, attention_mask, pixel_values)
         if entry is not None and self.prefills is not None:
             self.prefills[key] = entry  # most recently used last
