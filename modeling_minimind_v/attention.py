@@ -122,7 +122,7 @@ class MiniMindAttention(nn.Module):
         if decode_attention is not None:
             # The fast decoder's one-token kernels (decode_attention.py) do QK-norm, RoPE, the cache write and the
             # attention from the raw projections; they write into past_key_values themselves.
-            return self.o_proj(decode_attention(self, self.project_joint_qkv(hidden_states))), None
+            return self.o_proj(decode_attention(self, self.project_joint_qkv(hidden_states), position_embeddings)), None
         query, key, value = self.project_qkv(hidden_states, fused_projections)
         # [b, s, heads*d] -> [b, s, heads, d] -> [b, heads, s, d]
         query = self.q_norm(query.view(hidden_shape)).transpose(1, 2)

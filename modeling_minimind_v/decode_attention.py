@@ -6,9 +6,9 @@ v into the cache, and a softmax-weighted sum over the block's keys. The second c
 compiled step they take the place of the QK-norm + RoPE + cache-write kernels, the two attention GEMVs and the masked
 softmax (four fewer launches per layer), and read every cached key and value once for all the query heads sharing it.
 
-Opt-in (`fast_generate.USE_DECODE_KERNELS`, `scripts/benchmark.py --decode-attention kernels`): on an H200 they
-cut the kernels per decode step from 346 to 234 at batch 1 but not the time (the first kernel takes ~8 µs per layer
-at batch 1, latency-bound; at batch 32 it reads the cache at ~1.8 TB/s), docs/benchmarks.md.
+RoPE's cos / sin come from the rotary module (computed once per step, not per layer). On by default on CUDA
+(`fast_generate.USE_DECODE_KERNELS`; `scripts/benchmark.py --decode-attention module` is the A/B): on an H100 at
+batch 1, 956 tok/s against 800 for the modules' path (the split kernel takes ~6.4 µs per layer), docs/benchmarks.md.
 
 Triton ships with CUDA builds of torch; without it (CPU, MPS) the decoder runs the modules' own attention. Remote
 code: torch, transformers and the standard library, plus this guarded import.
@@ -54,7 +54,7 @@ if triton is not None:
     @triton.jit
     def _split_kernel(
         qkv_ptr, qkv_row,  # the new token's q / k / v projections, concatenated: row b at qkv_ptr + b * qkv_row
-        qn_ptr, kn_ptr, eps, pos_ids_ptr, inv_freq_ptr,  # QK-norm weights; RoPE positions [b] and frequencies
+        qn_ptr, kn_ptr, eps, cos_ptr, sin_ptr,  # QK-norm weights; the rotary module's cos / sin [b, 1, D]
         kc_ptr, vc_ptr, valid_ptr, pos_ptr,  # cache [b, kv_heads, L, d], valid [b, L] (0 = padding), write slot
         m_ptr, l_ptr, acc_ptr, scale,  # per (row, head, split): running max, sum and weighted values
         HEADS: tl.constexpr, KV_HEADS: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr,
@@ -78,7 +78,8 @@ if triton is not None:
         # Every load first, each depending at most on the write slot, so they are in flight together (at batch 1
         # the kernel is latency-bound: a chain of dependent loads costs ~1 µs each).
         pos = tl.load(pos_ptr)  # this token's cache slot; slots before it are written
-        angle = tl.load(pos_ids_ptr + b).to(tl.float32) * tl.load(inv_freq_ptr + d)
+        cos = tl.load(cos_ptr + b * D + d).to(tl.float32)  # [HALF]: both halves of cos / sin are equal
+        sin = tl.load(sin_ptr + b * D + d).to(tl.float32)
         q_at = qkv_ptr + b * qkv_row + heads[:, None] * D + d[None, :]
         q1 = tl.load(q_at, mask=g_ok[:, None], other=0.0).to(tl.float32)  # [ROWS, HALF]
         q2 = tl.load(q_at + HALF, mask=g_ok[:, None], other=0.0).to(tl.float32)
@@ -95,9 +96,6 @@ if triton is not None:
         seen = written & valid
         values = tl.where(seen[:, None], values, 0.0)  # [BLOCK, D]; padding slots may hold anything
 
-        # RoPE angles as the rotary module computes them (fp32), cos / sin rounded to the model dtype
-        cos = _round(tl.cos(angle), DTYPE)
-        sin = _round(tl.sin(angle), DTYPE)
         q1, q2 = _norm_rope(q1, q2, qn_ptr, eps, cos, sin, d, HALF, QK_NORM, DTYPE)
         k1, k2 = _norm_rope(k1, k2, kn_ptr, eps, cos, sin, d, HALF, QK_NORM, DTYPE)
 
@@ -143,22 +141,23 @@ if triton is not None:
 
 class DecodeAttention:
     """The fast decoder's attention for one-token steps: called by `MiniMindAttention.forward` (argument
-    `decode_attention`) with the new token's projections in place of its QK-norm, RoPE, cache update and attention.
-    It writes k / v at the cache's shared write position and does not advance it (the decoder does, once per step).
-    `valid` [b, L] marks the cache slots that are not prompt padding; `positions` [b, 1] are the tokens' RoPE
-    positions, whose angles the kernels compute from `inv_freq` as the rotary module does (so the step needs no
-    cos / sin tensors)."""
+    `decode_attention`) or by the decoder layer's one-token path with the new token's projections and the rotary
+    module's (cos, sin), in place of its QK-norm, RoPE, cache update and attention. It writes k / v at the cache's
+    shared write position and does not advance it (the decoder does, once per step). `valid` [b, L] marks the cache
+    slots that are not prompt padding."""
 
-    def __init__(self, cache, valid: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor):
-        self.cache, self.valid, self.positions = cache, valid.view(torch.uint8), positions
-        self.inv_freq = inv_freq.float()
+    def __init__(self, cache, valid: torch.Tensor):
+        self.cache, self.valid = cache, valid.view(torch.uint8)
 
-    def __call__(self, module, qkv: torch.Tensor) -> torch.Tensor:
+    def __call__(self, module, qkv: torch.Tensor, position_embeddings) -> torch.Tensor:
         """`qkv` [b, 1, (heads + 2 kv_heads) * head_dim]: the new token's q, k and v projections side by side;
-        returns the attention output [b, 1, heads * head_dim]."""
+        `position_embeddings`: (cos, sin) [b, 1, head_dim] as the rotary module returns them. Returns the attention
+        output [b, 1, heads * head_dim]."""
         batch = qkv.shape[0]
-        if qkv.shape[1] != 1 or qkv.stride(-1) != 1:
-            raise ValueError("DecodeAttention takes one token per row: [b, 1, (heads + 2 kv_heads) * head_dim]")
+        cos, sin = (t.contiguous() for t in position_embeddings)
+        if qkv.shape[1] != 1 or qkv.stride(-1) != 1 or cos.shape[:2] != (batch, 1):
+            raise ValueError("DecodeAttention takes one token per row: [b, 1, (heads + 2 kv_heads) * head_dim], "
+                             "with (cos, sin) [b, 1, head_dim]")
         layer = self.cache.layers[module.layer_idx]
         keys, values = layer.keys, layer.values  # [b, kv_heads, L, d], contiguous
         _, kv_heads, length, head_dim = keys.shape
@@ -166,15 +165,15 @@ class DecodeAttention:
         group = heads // kv_heads
         splits = -(-length // BLOCK_N)
         qk_norm = not isinstance(module.q_norm, torch.nn.Identity)
-        q_norm = module.q_norm.weight if qk_norm else self.inv_freq  # any pointer when unused
-        k_norm = module.k_norm.weight if qk_norm else self.inv_freq
+        q_norm = module.q_norm.weight if qk_norm else cos  # any pointer when unused
+        k_norm = module.k_norm.weight if qk_norm else cos
         eps = module.q_norm.variance_epsilon if qk_norm else 0.0
         # Separate buffers (not views of one): Inductor copies a view that a user kernel writes into.
         top = torch.empty(batch * heads * splits, device=qkv.device, dtype=torch.float32)
         total = torch.empty(batch * heads * splits, device=qkv.device, dtype=torch.float32)
         acc = torch.empty(batch * heads * splits, head_dim, device=qkv.device, dtype=torch.float32)
         _split_kernel[(batch * kv_heads, splits)](
-            qkv, qkv.stride(0), q_norm, k_norm, eps, self.positions, self.inv_freq,
+            qkv, qkv.stride(0), q_norm, k_norm, eps, cos, sin,
             keys, values, self.valid, self.cache.position(),
             top, total, acc, module.scaling,
             HEADS=heads, KV_HEADS=kv_heads, GROUP=group, ROWS=max(16, triton.next_power_of_2(group)), D=head_dim,

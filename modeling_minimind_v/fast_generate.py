@@ -10,8 +10,9 @@ The step runs the model's own modules (`MiniMindModel.forward`, with the q/k/v a
 modules themselves, see `fuse_projections`); local are the token choice and the cache's one write counter. Used
 for plain greedy / sampled decoding of the dense and the MoE model (experts as static-shape batched matmuls); every
 other `generate` call goes through transformers unchanged. On CPU the same loop runs eagerly (tests check it against
-transformers' generate token for token). Opt-in (`USE_DECODE_KERNELS`): the step's attention as decode_attention.py's
-Triton kernels. Remote code: torch and transformers only (Triton where torch's CUDA build brings it).
+transformers' generate token for token). On CUDA with Triton (`USE_DECODE_KERNELS`), the step's attention and, at
+batch <= 4, its projections run as the Triton kernels of decode_attention.py and decode_projections.py. Remote
+code: torch and transformers only (Triton where torch's CUDA build brings it).
 """
 
 import logging
@@ -21,6 +22,8 @@ from transformers.cache_utils import StaticCache
 
 from .attention import eager_attention_forward
 from .decode_attention import DecodeAttention, decode_kernels_available
+from .decode_projections import MAX_BATCH as PROJECTION_MAX_BATCH
+from .decode_projections import DecodeProjections, decode_projections_available
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +52,14 @@ CAPTURE_PREFILL = True
 # work, instead of one cuBLAS GEMV launch per projection (1.76x tokens/s at batch 1 on an H200, docs/benchmarks.md).
 STEP_COMPILE_OPTIONS = {"coordinate_descent_tuning": True}
 # True: on CUDA with Triton, the step's attention runs as decode_attention.py's split-KV kernels (QK-norm, RoPE and
-# the cache write fused in). Off by default: on an H200 they cut the kernels per step (346 -> 234 at batch 1) but
-# not the time (batch 32: 5% fewer tokens/s on one machine), docs/benchmarks.md. `benchmark.py --decode-attention`
-# flips it.
-USE_DECODE_KERNELS = False
+# the cache write fused in, cos / sin from the rotary module) and, at batch <= 4, its projections as
+# decode_projections.py's GEMV kernels. On an H100 (scripts/benchmark.py, docs/benchmarks.md): batch 1 800 tok/s with
+# the modules' path, 956 with the attention kernels, 990 with the projections too, 1,094 once those launch with PDL;
+# batch 32 12,901 (modules) and 13,162 (kernels), from two calls. False: the modules' path.
+USE_DECODE_KERNELS = True
+# With the decode kernels, at batch <= decode_projections.MAX_BATCH: the step's projections too, as GEMV kernels with
+# the RMSNorms, SwiGLU and residual adds fused in (decode_projections.py); six launches per dense layer in all.
+USE_DECODE_PROJECTIONS = True
 
 
 def warm_up(fn, *args, repeats: int = 1):
@@ -146,9 +153,11 @@ class FastDecoder:
         # run q/k/v and gate/up as one matmul each from concatenated weights (refreshed at every request).
         self.language_model.fuse_projections()
         if USE_DECODE_KERNELS and decode_kernels_available(text, device):
-            self.kernels = DecodeAttention(self.cache, self.valid, self.positions,
-                                           self.language_model.rotary_emb.inv_freq)
+            self.kernels = DecodeAttention(self.cache, self.valid)
             self.attention_args = {"decode_attention": self.kernels}
+            if USE_DECODE_PROJECTIONS and batch_size <= PROJECTION_MAX_BATCH \
+                    and decode_projections_available(text, device):
+                self.attention_args["decode_projections"] = DecodeProjections()
         else:
             # GQA without repeat_kv copies: on an H200 this beat a multiply + sum formulation compiled to
             # reductions and FlexAttention's decoding kernel (docs/benchmarks.md).
@@ -163,7 +172,8 @@ class FastDecoder:
             self._capture()
         logger.info("fast static-cache decoding: batch %d, cache %d slots, %s, %s attention", batch_size, cache_len,
                     "compiled CUDA graph" if self.graph is not None else "eager",
-                    "Triton decode" if self.kernels is not None else "module")
+                    ("Triton decode" + (" (projections too)" if "decode_projections" in self.attention_args else ""))
+                    if self.kernels is not None else "module")
 
     # -------------------------------------------------------------------------------------------- one step
     def _mask(self, query_positions: torch.Tensor) -> torch.Tensor:

@@ -52,9 +52,12 @@ class MiniMindDecoderLayer(GradientCheckpointingLayer):
 
     def forward(self, hidden_states, attention_mask=None, position_embeddings=None, past_key_values=None,
                 attentions: list | None = None, router_logits: list | None = None, fused_projections: bool = False,
-                **kwargs) -> torch.Tensor:
+                decode_projections=None, **kwargs) -> torch.Tensor:
         """One pre-norm block. `attentions` / `router_logits`, when lists, collect this layer's attention weights
-        and router logits."""
+        and router logits. `decode_projections` (with `decode_attention`): the fast decoder's one-token kernels."""
+        if decode_projections is not None:
+            return self._decode_forward(hidden_states, position_embeddings, decode_projections,
+                                        kwargs["decode_attention"])
         residual = hidden_states
         attn_out, attn_weights = self.self_attn(
             self.input_layernorm(hidden_states), position_embeddings, attention_mask, past_key_values,
@@ -71,6 +74,16 @@ class MiniMindDecoderLayer(GradientCheckpointingLayer):
         else:
             mlp_out = self.mlp(self.post_attention_layernorm(hidden_states), fused_projections=fused_projections)
         return hidden_states + self.dropout(mlp_out)
+
+    def _decode_forward(self, hidden_states, position_embeddings, projections, attention) -> torch.Tensor:
+        """The block above for one new token per row, as six kernels (decode_projections.py, decode_attention.py):
+        the norms, residual adds and SwiGLU fused into the projections, which read the fused q/k/v and gate/up
+        weights (`fuse_projections`). Dense layers in eval mode only (no dropout, no router)."""
+        qkv = projections.norm_linear(hidden_states, self.input_layernorm, self.self_attn.fused_qkv)
+        hidden_states = projections.linear_add(attention(self.self_attn, qkv, position_embeddings),
+                                               self.self_attn.o_proj.weight, hidden_states)
+        act = projections.norm_swiglu(hidden_states, self.post_attention_layernorm, self.mlp.fused_gate_up)
+        return projections.linear_add(act, self.mlp.down_proj.weight, hidden_states)
 
 
 class MiniMindPreTrainedModel(PreTrainedModel):

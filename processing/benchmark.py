@@ -515,9 +515,17 @@ def run_benchmark(args, partial=None) -> dict:
                "torch": torch.__version__, "batch_size": args.batch_size, "seq_len": args.seq_len,
                "image_tokens": config.image_seq_length, "new_tokens": args.new_tokens}
     results["transformers"] = transformers.__version__
-    if args.decode_attention == "kernels" and not decode_kernels_available(config.get_text_config(), device):
+    # Unset flags: the library's own settings. The JSON records what runs on this device.
+    kernels = (args.decode_attention == "kernels") if args.decode_attention else fast_decoding.USE_DECODE_KERNELS
+    available = decode_kernels_available(config.get_text_config(), device)
+    if args.decode_attention == "kernels" and not available:
         raise ValueError("--decode-attention kernels needs a CUDA device, Triton and a power-of-two head_dim")
-    results["decode_attention"] = args.decode_attention
+    wanted_projections = getattr(args, "decode_projections", None)
+    projections = (wanted_projections == "kernels") if wanted_projections else fast_decoding.USE_DECODE_PROJECTIONS
+    results["decode_attention"] = "kernels" if kernels and available else "module"
+    dense = not config.get_text_config().num_experts
+    results["decode_projections"] = "kernels (batch <= 4)" if kernels and available and projections and dense \
+        else "module"
     requested = getattr(args, "prefill", None)  # None: the library's own setting
     moe = bool(config.get_text_config().num_experts)
     if requested == "graph" and moe:
@@ -527,20 +535,23 @@ def run_benchmark(args, partial=None) -> dict:
         raise ValueError("--prefill graph needs a CUDA device (the prefill is captured as a CUDA graph)")
     capture = requested == "graph" if requested else fast_decoding.CAPTURE_PREFILL
     results["prefill"] = "graph" if capture and device.type == "cuda" and not moe else "eager"  # what runs
-    with fast_decoding_switches(args.decode_attention == "kernels", capture):
+    with fast_decoding_switches(kernels, capture, projections):
         return _run(args, partial, results, config, device, dtype, can_compile)
 
 
 @contextmanager
-def fast_decoding_switches(decode_kernels: bool, capture_prefill: bool):
+def fast_decoding_switches(decode_kernels: bool, capture_prefill: bool, decode_projections: bool = True):
     """fast_generate's switches set for one benchmark run and put back after it, so that the caller's process
     keeps its own."""
-    saved = fast_decoding.USE_DECODE_KERNELS, fast_decoding.CAPTURE_PREFILL
-    fast_decoding.USE_DECODE_KERNELS, fast_decoding.CAPTURE_PREFILL = decode_kernels, capture_prefill
+    names = ("USE_DECODE_KERNELS", "CAPTURE_PREFILL", "USE_DECODE_PROJECTIONS")
+    saved = [getattr(fast_decoding, name) for name in names]
+    for name, value in zip(names, (decode_kernels, capture_prefill, decode_projections)):
+        setattr(fast_decoding, name, value)
     try:
         yield
     finally:
-        fast_decoding.USE_DECODE_KERNELS, fast_decoding.CAPTURE_PREFILL = saved
+        for name, value in zip(names, saved):
+            setattr(fast_decoding, name, value)
 
 
 def _run(args, partial, results, config, device, dtype, can_compile) -> dict:

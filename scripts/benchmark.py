@@ -45,9 +45,15 @@ def parse_args(argv=None):
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100 SXM: 989)")
     p.add_argument("--no-compile", action="store_true", help="skip every torch.compile (eager only)")
-    p.add_argument("--decode-attention", choices=["module", "kernels"], default="module",
-                   help="minimind-v's static-cache decode step on CUDA: the attention modules' own path (default) "
-                        "or the Triton decode-attention kernels (modeling_minimind_v/decode_attention.py)")
+    p.add_argument("--decode-attention", choices=["module", "kernels"], default=None,
+                   help="minimind-v's static-cache decode step on CUDA: the attention modules' own path or the Triton "
+                        "decode-attention kernels (modeling_minimind_v/decode_attention.py). Default: the library's "
+                        "own setting (fast_generate.USE_DECODE_KERNELS)")
+    p.add_argument("--decode-projections", choices=["kernels", "module"], default=None,
+                   help="with the decode-attention kernels, at batch <= 4: the step's projections as the Triton GEMV "
+                        "kernels with the norms, SwiGLU and residual adds fused in "
+                        "(modeling_minimind_v/decode_projections.py), or as the modules run them. Default: the "
+                        "library's own setting (fast_generate.USE_DECODE_PROJECTIONS)")
     p.add_argument("--prefill", choices=["eager", "graph"], default=None,
                    help="minimind-v's static-cache prefill on CUDA (dense decoders): eager, or captured as a CUDA "
                         "graph per prompt shape and replayed (modeling_minimind_v/fast_generate.py, CAPTURE_PREFILL). "

@@ -93,13 +93,16 @@ def test_benchmark_sets_the_fast_decoder_switches_for_its_run_only(monkeypatch, 
 
     monkeypatch.setattr(fast, "USE_DECODE_KERNELS", True)
     monkeypatch.setattr(fast, "CAPTURE_PREFILL", True)
+    monkeypatch.setattr(fast, "USE_DECODE_PROJECTIONS", False)
     args = Namespace(preset="tiny", device="cpu", compare_hf=False, modes="generate", systems="minimind",
                      batch_size=2, seq_len=32, gen_batch="1", prompt_text_tokens=4, new_tokens=3, no_compile=True,
                      decode_attention="module", prefill=prefill, profile=False, json_out=None)
     during = []
-    results = run_benchmark(args, partial=lambda r: during.append((fast.USE_DECODE_KERNELS, fast.CAPTURE_PREFILL)))
-    assert during == [(False, capture_during)]
-    assert (fast.USE_DECODE_KERNELS, fast.CAPTURE_PREFILL) == (True, True)
+    results = run_benchmark(args, partial=lambda r: during.append(
+        (fast.USE_DECODE_KERNELS, fast.CAPTURE_PREFILL, fast.USE_DECODE_PROJECTIONS)))
+    assert during == [(False, capture_during, False)]  # projections: only with the decode kernels
+    assert (fast.USE_DECODE_KERNELS, fast.CAPTURE_PREFILL, fast.USE_DECODE_PROJECTIONS) == (True, True, False)
+    assert results["decode_projections"] == "module"
     assert results["prefill"] == "eager"  # on CPU the prefill runs eagerly whatever the switch says
 
 

@@ -209,6 +209,8 @@ def test_compiled_static_cache_generation_is_greedy_under_eager_forward(override
         assert torch.equal(again, static)
         decoder = next(iter(model._fast_decoders.values()))
         assert (decoder.kernels is not None) == (attention == "kernels")
+        # the dense decoder's projections run as the GEMV kernels too (batch 1 and 4 <= their MAX_BATCH)
+        assert ("decode_projections" in decoder.attention_args) == (attention == "kernels" and not overrides)
         assert (decoder.prefills is not None and len(decoder.prefills) == 1) == (not overrides)  # dense: captured
         other = inputs(batch, left_pad=3 if batch > 1 else 0, seed=7)  # same shapes, another prompt and image
         replayed = model.generate(**other, **kwargs, cache_implementation="static")
@@ -335,8 +337,8 @@ def decode_attention_matches_modules(device, dtype, qk_norm, heads, kv_heads, he
         positions = (pos - pad)[:, None].clamp(min=0).to(device)  # [b, 1]
         cos, sin = rotary(query, positions)
 
-        kernels = DecodeAttention(caches[0], valid, positions, rotary.inv_freq)
-        got = kernels(module, torch.cat([query, key, value], -1))
+        kernels = DecodeAttention(caches[0], valid)
+        got = kernels(module, torch.cat([query, key, value], -1), (cos, sin))
 
         shape = (batch, 1, -1, head_dim)
         q = module.q_norm(query.view(shape)).transpose(1, 2)
@@ -362,3 +364,55 @@ def decode_attention_matches_modules(device, dtype, qk_norm, heads, kv_heads, he
 def test_decode_attention_kernels_match_the_modules(dtype, qk_norm, heads, kv_heads):
     pytest.importorskip("triton")
     decode_attention_matches_modules("cuda", dtype, qk_norm, heads, kv_heads)
+
+
+def decode_projections_match_modules(device, dtype, hidden=256, intermediate=384, heads=4, kv_heads=2):
+    """The GEMV kernels of decode_projections.py against the decoder layer's own modules, one token per row: the
+    input RMSNorm + fused q/k/v projection, the o and down projections + residual, and the post-attention RMSNorm +
+    fused gate/up + SwiGLU; then the layer's one-token path around a stand-in attention against its forward. An
+    intermediate size that is not a power of two exercises the masked last block of the reduction."""
+    import torch.nn.functional as F
+
+    from modeling_minimind_v.configuration_minimind import MiniMindConfig
+    from modeling_minimind_v.decode_projections import DecodeProjections
+    from modeling_minimind_v.modeling_minimind import MiniMindDecoderLayer
+
+    config = MiniMindConfig(vocab_size=64, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=1,
+                            num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden // heads)
+    torch.manual_seed(0)
+    layer = MiniMindDecoderLayer(config, layer_idx=0).to(device, dtype).eval()
+    for norm in (layer.input_layernorm, layer.post_attention_layernorm):  # not all ones: a skipped weight fails
+        norm.weight.data.uniform_(0.5, 1.5)
+    layer.self_attn.fuse_projections()
+    layer.mlp.fuse_projections()
+    kernels = DecodeProjections()
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    x = torch.randn(3, 1, hidden, device=device, dtype=dtype)
+    with torch.no_grad():
+        qkv = kernels.norm_linear(x, layer.input_layernorm, layer.self_attn.fused_qkv)
+        torch.testing.assert_close(qkv, F.linear(layer.input_layernorm(x), layer.self_attn.fused_qkv),
+                                   atol=tol, rtol=tol)
+        attn = qkv[..., : hidden].contiguous()  # stand-in attention output [b, 1, heads * d]
+        h = kernels.linear_add(attn, layer.self_attn.o_proj.weight, x)
+        torch.testing.assert_close(h, x + layer.self_attn.o_proj(attn), atol=tol, rtol=tol)
+        act = kernels.norm_swiglu(h, layer.post_attention_layernorm, layer.mlp.fused_gate_up)
+        gate, up = F.linear(layer.post_attention_layernorm(h), layer.mlp.fused_gate_up).chunk(2, -1)
+        torch.testing.assert_close(act, F.silu(gate) * up, atol=tol, rtol=tol)
+        out = kernels.linear_add(act, layer.mlp.down_proj.weight, h)
+        torch.testing.assert_close(out, h + layer.mlp.down_proj(act), atol=tol, rtol=tol)
+
+        def stand_in(module, joint, position_embeddings):  # what the decode attention returns, from q alone
+            return joint[..., : hidden].contiguous()
+
+        got = layer._decode_forward(x, None, kernels, stand_in)
+        h_ref = x + layer.self_attn.o_proj(F.linear(layer.input_layernorm(x), layer.self_attn.fused_qkv)[..., :hidden])
+        want = h_ref + layer.mlp(layer.post_attention_layernorm(h_ref))
+        torch.testing.assert_close(got, want, atol=2 * tol, rtol=2 * tol)
+        with pytest.raises(ValueError, match="one contiguous token per row"):
+            kernels.norm_linear(torch.cat([x, x], 1), layer.input_layernorm, layer.self_attn.fused_qkv)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_decode_projections_match_the_modules(dtype):
+    pytest.importorskip("triton")
+    decode_projections_match_modules("cuda", dtype)
