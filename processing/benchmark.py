@@ -523,11 +523,10 @@ def run_benchmark(args, partial=None) -> dict:
     wanted_projections = getattr(args, "decode_projections", None)
     projections = (wanted_projections == "kernels") if wanted_projections else fast_decoding.USE_DECODE_PROJECTIONS
     results["decode_attention"] = "kernels" if kernels and available else "module"
-    dense = not config.get_text_config().num_experts
-    results["decode_projections"] = "kernels (batch <= 4)" if kernels and available and projections and dense \
+    moe = bool(config.get_text_config().num_experts)
+    results["decode_projections"] = "kernels (batch <= 4)" if kernels and available and projections and not moe \
         else "module"
     requested = getattr(args, "prefill", None)  # None: the library's own setting
-    moe = bool(config.get_text_config().num_experts)
     if requested == "graph" and moe:
         raise ValueError(f"--prefill graph: preset {args.preset!r} has an MoE decoder, whose prefill stays eager "
                          "(its routing counts tokens per expert on the host)")
