@@ -15,18 +15,14 @@ residual sum), so the step computes what the modules compute, up to the order of
 Each program reads BLOCK_N whole rows of the weight, and every program recomputes the RMSNorm statistic of its one
 input row (a few KB, from L2), so no kernel waits for another. Launch settings are the best of a sweep on an H100
 (docs/benchmarks.md). Triton ships with CUDA builds of torch; without it the modules run. Remote code: torch,
-transformers and the standard library, plus this guarded import.
+transformers and the standard library, plus Triton through triton_support.py's guarded import.
 """
 
 import re
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # no Triton (CPU-only torch): decode_projections_available says so; the modules run
-    triton = None
+from .triton_support import launches_with_pdl, round_to, tl, triton
 
 MAX_BATCH = 4  # rows up to which the GEMV kernels run; beyond, a step's projections are matrix products (cuBLAS)
 BLOCK_N = 4  # weight rows per program
@@ -40,10 +36,6 @@ def decode_projections_available(config, device: torch.device) -> bool:
 
 
 if triton is not None:
-
-    @triton.jit
-    def _round(x, dtype: tl.constexpr):
-        return x.to(dtype).to(tl.float32)
 
     @triton.jit
     def _gemv_kernel(
@@ -88,17 +80,17 @@ if triton is not None:
                     w_up = tl.load(w_ptr + n_out * K + at, mask=ok, other=0.0)
             x = tl.load(x_row + kk, mask=k_ok, other=0.0).to(tl.float32)
             if NORM:  # weight * normalised x, each rounded to the model dtype as MiniMindRMSNorm rounds
-                x = _round(tl.load(norm_ptr + kk, mask=k_ok, other=0.0).to(tl.float32) * _round(x * inv, DTYPE),
+                x = round_to(tl.load(norm_ptr + kk, mask=k_ok, other=0.0).to(tl.float32) * round_to(x * inv, DTYPE),
                            DTYPE)
             acc += w.to(tl.float32) * x[None, :]
             if SWIGLU:
                 acc_up += w_up.to(tl.float32) * x[None, :]
-        y = _round(tl.sum(acc, 1), DTYPE)  # [BLOCK]
+        y = round_to(tl.sum(acc, 1), DTYPE)  # [BLOCK]
         if SWIGLU:  # silu(gate) * up, each rounded as the eager ops round
-            up = _round(tl.sum(acc_up, 1), DTYPE)
-            y = _round(_round(y / (1.0 + tl.exp(-y)), DTYPE) * up, DTYPE)
+            up = round_to(tl.sum(acc_up, 1), DTYPE)
+            y = round_to(round_to(y / (1.0 + tl.exp(-y)), DTYPE) * up, DTYPE)
         if RESIDUAL:
-            y = _round(y + tl.load(res_ptr + b * n_out + rows, mask=rows_ok, other=0.0).to(tl.float32), DTYPE)
+            y = round_to(y + tl.load(res_ptr + b * n_out + rows, mask=rows_ok, other=0.0).to(tl.float32), DTYPE)
         tl.store(out_ptr + b * n_out + rows, y.to(DTYPE), mask=rows_ok)
 
     def _gemv(x: torch.Tensor, weight: torch.Tensor, n_out: int, norm: torch.Tensor | None, eps: float,
@@ -106,7 +98,7 @@ if triton is not None:
         """x [b, 1, K] -> [b, 1, n_out] through `_gemv_kernel`; launched with PDL on Hopper and newer GPUs."""
         batch, _, k = x.shape
         out = torch.empty(batch, 1, n_out, device=x.device, dtype=x.dtype)
-        pdl = x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9
+        pdl = launches_with_pdl(x.device)
         _gemv_kernel[(triton.cdiv(n_out, BLOCK_N), batch)](
             x, weight, out, x if residual is None else residual, x if norm is None else norm, eps, n_out,
             K=k, NORM=norm is not None, SWIGLU=swiglu, RESIDUAL=residual is not None, BLOCK=BLOCK_N,

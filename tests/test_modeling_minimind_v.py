@@ -344,7 +344,8 @@ def test_save_and_reload_in_process_without_project(tmp_path, isolated):
     files = set(p.name for p in (tmp_path / "ckpt").iterdir())
     assert {"config.json", "model.safetensors", "modeling_minimind_v.py", "configuration_minimind_v.py",
             "modeling_minimind.py", "configuration_minimind.py", "attention.py", "feed_forward.py", "compat.py",
-            "projector.py", "vision.py", "fast_generate.py", "decode_attention.py", "decode_projections.py", "README.md"} <= files
+            "projector.py", "vision.py", "fast_generate.py", "decode_attention.py", "decode_projections.py",
+            "triton_support.py", "README.md"} <= files
     auto_map = json.loads((tmp_path / "ckpt" / "config.json").read_text())["auto_map"]
     assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText"}
     isolated(
