@@ -186,6 +186,22 @@ if triton is not None:
         return qkv.new_empty(qkv.shape[0], 1, qkv.shape[-1] - 2 * keys.shape[1] * keys.shape[-1])
 
 
+def _rotary_table(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """(cos, sin) [b, 1, D] -> [2, b, 1, D]: one buffer for the step's layers to read."""
+    return torch.stack((cos, sin))
+
+
+# An opaque op, so that the step computes the rotary table once: Inductor gives every custom-op input its own copy
+# of a pointwise result, so each layer's kernel had its cos / sin recomputed by extra kernels between its neighbours.
+_rotary_table_op = torch.library.custom_op("minimind_v::rotary_table_" + re.sub(r"\W", "_", __name__),
+                                           _rotary_table, mutates_args=())
+
+
+@_rotary_table_op.register_fake
+def _(cos, sin):
+    return cos.new_empty(2, *cos.shape)
+
+
 class DecodeAttention:
     """The fast decoder's attention for one-token steps: called by `MiniMindAttention.forward` (argument
     `decode_attention`) or by the decoder layer's one-token path with the new token's projections and the rotary
@@ -195,6 +211,13 @@ class DecodeAttention:
 
     def __init__(self, cache, valid: torch.Tensor):
         self.cache, self.valid = cache, valid.view(torch.uint8)
+
+    @staticmethod
+    def position_embeddings(position_embeddings):
+        """The rotary module's (cos, sin) as the layers' kernels take them, computed once per step (the decoder
+        model calls this before its layers)."""
+        table = _rotary_table_op(*(t.contiguous() for t in position_embeddings))
+        return table[0], table[1]
 
     def __call__(self, module, qkv: torch.Tensor, position_embeddings) -> torch.Tensor:
         """`qkv` [b, 1, (heads + 2 kv_heads) * head_dim]: the new token's q, k and v projections side by side;

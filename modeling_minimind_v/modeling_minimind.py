@@ -203,6 +203,8 @@ class MiniMindModel(MiniMindPreTrainedModel):
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        if kwargs.get("decode_attention") is not None:  # the fast decoder's kernels: cos / sin once for all layers
+            position_embeddings = kwargs["decode_attention"].position_embeddings(position_embeddings)
         all_hidden = [] if output_hidden_states is not False else None
         attentions = [] if output_attentions else None
         router_logits = [] if output_router_logits else None
