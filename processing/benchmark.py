@@ -262,6 +262,23 @@ def _kernels(prof) -> dict[str, list]:
     return kernels
 
 
+def busy_us(intervals) -> float:
+    """Length (µs) of the union of [start, end] intervals: the time at least one kernel ran. Kernels launched with
+    programmatic dependent launch (PDL) overlap their neighbours, so their summed durations count time twice."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def _busy(prof) -> float:
+    """GPU busy µs of a profile's device kernels."""
+    return busy_us((event.time_range.start, event.time_range.end) for event in prof.events()
+                   if event.device_type == torch.autograd.DeviceType.CUDA)
+
+
 def per_step_kernels(whole: dict, prefill: dict, steps: int, top: int = 12) -> tuple[float, float, list]:
     """Kernels and GPU µs per decode step (whole call minus its prefill), and the `top` kernels by GPU time as
     [µs per step, launches per step, name]."""
@@ -289,8 +306,8 @@ def copy_rate(device, gib: float = 1.0) -> float:
 
 @torch.no_grad()
 def decode_profile(model, inputs, kwargs, new_tokens) -> dict:
-    """Per decode step: GPU µs, kernels and the fraction of the copy rate its bytes need, from a profile of a whole
-    generate call minus a profile of a one-token call (its prefill)."""
+    """Per decode step: GPU busy µs, summed kernel µs, kernels and the fraction of the copy rate its bytes need in
+    the busy time, from a profile of a whole generate call minus a profile of a one-token call (its prefill)."""
     device = inputs["input_ids"].device
     activities = [torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as prefill:
@@ -300,7 +317,8 @@ def decode_profile(model, inputs, kwargs, new_tokens) -> dict:
         model.generate(**inputs, **kwargs)
         sync(device)
     steps = max(new_tokens - 1, 1)
-    kernels, gpu_us, top = per_step_kernels(_kernels(whole), _kernels(prefill), steps)
+    kernels, kernel_us, top = per_step_kernels(_kernels(whole), _kernels(prefill), steps)
+    gpu_us = (_busy(whole) - _busy(prefill)) / steps
     text = model.config.get_text_config()
     head = model.lm_head.weight  # read whole every step (tied or not); the embedding is a one-row lookup
     weight_bytes = head.numel() * head.element_size() + sum(
@@ -310,7 +328,9 @@ def decode_profile(model, inputs, kwargs, new_tokens) -> dict:
     kv_bytes = (2 * text.num_hidden_layers * text.num_key_value_heads * text.head_dim * context
                 * inputs["input_ids"].shape[0] * model.lm_head.weight.element_size())
     rate = copy_rate(device)
-    return {"gpu_us_per_step": gpu_us, "kernels_per_step": kernels, "top_kernels": top,
+    # gpu_us_per_step: GPU busy time (kernels overlapping under PDL counted once); kernel_us_per_step: the
+    # kernels' summed durations, which `top_kernels` splits up (a PDL kernel's includes its wait for the previous one).
+    return {"gpu_us_per_step": gpu_us, "kernel_us_per_step": kernel_us, "kernels_per_step": kernels, "top_kernels": top,
             "bytes_per_step": weight_bytes + kv_bytes, "copy_rate_gbs": rate / 1e9,
             "bandwidth_fraction": (weight_bytes + kv_bytes) / (gpu_us * 1e-6) / rate if gpu_us > 0 else None}
 

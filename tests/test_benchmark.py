@@ -114,3 +114,12 @@ def test_per_step_kernels_subtracts_the_prefill_and_ranks_by_gpu_time():
     kernels, gpu_us, top = per_step_kernels(whole, prefill, steps=4)
     assert (kernels, gpu_us) == (14.0, 100.0)  # (36 + 20 + 0) / 4 launches, (360 + 40 + 0) / 4 µs
     assert top == [[90.0, 9.0, "gemv"], [10.0, 5.0, "norm"], [0.0, 0.0, "vision"]]
+
+
+def test_busy_time_counts_overlapping_kernels_once():
+    from processing.benchmark import busy_us
+
+    # [0, 10] and [5, 12] overlap (a PDL kernel starting before the previous one ends), [12, 13] touches the
+    # second, [20, 24] stands alone, [21, 22] lies inside it; the input is unsorted.
+    assert busy_us([(20.0, 24.0), (5.0, 12.0), (0.0, 10.0), (21.0, 22.0), (12.0, 13.0)]) == 13.0 + 4.0
+    assert busy_us([]) == 0.0
