@@ -54,8 +54,9 @@ STEP_COMPILE_OPTIONS = {"coordinate_descent_tuning": True}
 # True: on CUDA with Triton, the step's attention runs as decode_attention.py's split-KV kernels (QK-norm, RoPE and
 # the cache write fused in, cos / sin from the rotary module) and, at batch <= 4, its projections as
 # decode_projections.py's GEMV kernels. On an H100 (scripts/benchmark.py, docs/benchmarks.md): batch 1 800 tok/s with
-# the modules' path, 956 with the attention kernels, 990 with the projections too, 1,094 once those launch with PDL;
-# batch 32 12,901 (modules) and 13,162 (kernels), from two calls. False: the modules' path.
+# the modules' path, 956 with the attention kernels, 990 with the projections too, 1,094 once those launch with PDL,
+# 1,315 once the attention kernels do too (4.9x LLaVA's best mode in that run); batch 32 13,729 (3.0x). False: the
+# modules' path.
 USE_DECODE_KERNELS = True
 # With the decode kernels, at batch <= decode_projections.MAX_BATCH: the step's projections too, as GEMV kernels with
 # the RMSNorms, SwiGLU and residual adds fused in (decode_projections.py); six launches per dense layer in all.
