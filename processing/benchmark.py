@@ -520,9 +520,29 @@ def format_table(results, args) -> str:
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows)
 
 
+SYSTEMS = ("minimind", "llava_eager", "llava_best")
+
+
+def systems_to_run(args) -> list[str]:
+    """`--systems` as a list. Unset: minimind, and both LLaVA modes with --compare-hf. "none": no system (e2e only)."""
+    if args.systems is None:
+        return list(SYSTEMS) if args.compare_hf else ["minimind"]
+    wanted = [name.strip() for name in args.systems.split(",")]
+    if wanted == ["none"]:
+        return []
+    unknown = [name for name in wanted if name not in SYSTEMS]
+    if unknown:
+        raise ValueError(f"--systems: unknown {', '.join(unknown)}; choose from {', '.join(SYSTEMS)} (or none)")
+    llava = [name for name in wanted if name != "minimind"]
+    if llava and not args.compare_hf:
+        raise ValueError(f"--systems {', '.join(llava)} needs --compare-hf (it builds the LLaVA twin)")
+    return wanted
+
+
 def run_benchmark(args, partial=None) -> dict:
     """Run the benchmark `args` describes (the flags of scripts/benchmark.py); returns the results. `partial(results)`
     is called with the results so far as each measurement finishes (so a run cut short keeps what it measured)."""
+    systems_to_run(args)  # a bad --systems fails before anything is built
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but no CUDA device is available")
@@ -579,7 +599,7 @@ def _run(args, partial, results, config, device, dtype, can_compile) -> dict:
     if args.compare_hf:
         systems["llava_eager"] = ("llava", False, False, False)
         systems["llava_best"] = ("llava", can_compile, True, True)
-    wanted = args.systems.split(",")
+    wanted = systems_to_run(args)
     if "e2e" in args.modes.split(","):  # first: it runs the trainer, which builds its own model
         # batch_size / seq_len above are the train mode's shapes; the e2e loop runs its own settings
         results["e2e_settings"] = {"rows": args.e2e_rows, "batch_size": args.e2e_batch_size,

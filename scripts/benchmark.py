@@ -32,8 +32,9 @@ def parse_args(argv=None):
     p.add_argument("--modes", default="train,generate",
                    help="comma list of train (the trainer's step on a fixed batch), generate, e2e (scripts/train.py's "
                         "loop on synthetic data, padded and packed)")
-    p.add_argument("--systems", default="minimind,llava_eager,llava_best",
-                   help="comma list of minimind, llava_eager, llava_best (the last two need --compare-hf)")
+    p.add_argument("--systems", default=None,
+                   help="comma list of minimind, llava_eager, llava_best (the last two need --compare-hf), or none "
+                        "(e2e only). Default: minimind, plus both LLaVA modes with --compare-hf")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=640)
     p.add_argument("--label-fraction", type=float, default=0.5,

@@ -123,3 +123,19 @@ def test_busy_time_counts_overlapping_kernels_once():
     # second, [20, 24] stands alone, [21, 22] lies inside it; the input is unsorted.
     assert busy_us([(20.0, 24.0), (5.0, 12.0), (0.0, 10.0), (21.0, 22.0), (12.0, 13.0)]) == 13.0 + 4.0
     assert busy_us([]) == 0.0
+
+
+def test_systems_flag_names_what_it_cannot_run():
+    from processing.benchmark import systems_to_run
+
+    def wanted(systems, compare_hf):
+        return systems_to_run(Namespace(systems=systems, compare_hf=compare_hf))
+
+    assert wanted(None, False) == ["minimind"]
+    assert wanted(None, True) == ["minimind", "llava_eager", "llava_best"]
+    assert wanted("minimind,llava_best", True) == ["minimind", "llava_best"]
+    assert wanted("none", False) == []
+    with pytest.raises(ValueError, match="llava_best needs --compare-hf"):
+        wanted("minimind,llava_best", False)  # was: LLaVA silently left out
+    with pytest.raises(ValueError, match="unknown llava"):
+        wanted("minimind,llava", True)
