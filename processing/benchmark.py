@@ -542,7 +542,7 @@ def systems_to_run(args) -> list[str]:
 def run_benchmark(args, partial=None) -> dict:
     """Run the benchmark `args` describes (the flags of scripts/benchmark.py); returns the results. `partial(results)`
     is called with the results so far as each measurement finishes (so a run cut short keeps what it measured)."""
-    systems_to_run(args)  # a bad --systems fails before anything is built
+    wanted = systems_to_run(args)  # a bad --systems fails before anything is built
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but no CUDA device is available")
@@ -575,7 +575,7 @@ def run_benchmark(args, partial=None) -> dict:
     capture = requested == "graph" if requested else fast_decoding.CAPTURE_PREFILL
     results["prefill"] = "graph" if capture and device.type == "cuda" and not moe else "eager"  # what runs
     with fast_decoding_switches(kernels, capture, projections):
-        return _run(args, partial, results, config, device, dtype, can_compile)
+        return _run(args, partial, results, config, device, dtype, can_compile, wanted)
 
 
 @contextmanager
@@ -593,13 +593,10 @@ def fast_decoding_switches(decode_kernels: bool, capture_prefill: bool, decode_p
             setattr(fast_decoding, name, value)
 
 
-def _run(args, partial, results, config, device, dtype, can_compile) -> dict:
-    """The measurements of `run_benchmark`, after its checks."""
-    systems = {"minimind": ("minimind", can_compile, True, True)}
-    if args.compare_hf:
-        systems["llava_eager"] = ("llava", False, False, False)
-        systems["llava_best"] = ("llava", can_compile, True, True)
-    wanted = systems_to_run(args)
+def _run(args, partial, results, config, device, dtype, can_compile, wanted) -> dict:
+    """The measurements of `run_benchmark`, after its checks; `wanted`: the systems to run (`systems_to_run`)."""
+    systems = {"minimind": ("minimind", can_compile, True, True), "llava_eager": ("llava", False, False, False),
+               "llava_best": ("llava", can_compile, True, True)}
     if "e2e" in args.modes.split(","):  # first: it runs the trainer, which builds its own model
         # batch_size / seq_len above are the train mode's shapes; the e2e loop runs its own settings
         results["e2e_settings"] = {"rows": args.e2e_rows, "batch_size": args.e2e_batch_size,
