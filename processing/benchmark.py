@@ -520,7 +520,9 @@ def format_table(results, args) -> str:
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows)
 
 
-SYSTEMS = ("minimind", "llava_eager", "llava_best")
+# name: (model family, compiled training step where torch.compile can run, fused loss, static-cache generate)
+SYSTEMS = {"minimind": ("minimind", True, True, True), "llava_eager": ("llava", False, False, False),
+           "llava_best": ("llava", True, True, True)}
 
 
 def systems_to_run(args) -> list[str]:
@@ -595,8 +597,6 @@ def fast_decoding_switches(decode_kernels: bool, capture_prefill: bool, decode_p
 
 def _run(args, partial, results, config, device, dtype, can_compile, wanted) -> dict:
     """The measurements of `run_benchmark`, after its checks; `wanted`: the systems to run (`systems_to_run`)."""
-    systems = {"minimind": ("minimind", can_compile, True, True), "llava_eager": ("llava", False, False, False),
-               "llava_best": ("llava", can_compile, True, True)}
     if "e2e" in args.modes.split(","):  # first: it runs the trainer, which builds its own model
         # batch_size / seq_len above are the train mode's shapes; the e2e loop runs its own settings
         results["e2e_settings"] = {"rows": args.e2e_rows, "batch_size": args.e2e_batch_size,
@@ -609,11 +609,11 @@ def _run(args, partial, results, config, device, dtype, can_compile, wanted) -> 
 
         results["minimind_e2e"] = measure_end_to_end(args, device, report)
     with torch.autocast(device.type, enabled=False) if device.type == "cuda" else nullcontext():
-        for name, (system, compile_train, fused, static_gen) in systems.items():
+        for name, (system, compile_train, fused, static_gen) in SYSTEMS.items():
             if name not in wanted:
                 continue
-            results[name] = run_system(system, name, config, args, device, dtype, compile_train, fused, static_gen,
-                                       profile=args.profile and name == "minimind")
+            results[name] = run_system(system, name, config, args, device, dtype, compile_train and can_compile,
+                                       fused, static_gen, profile=args.profile and name == "minimind")
             if partial is not None:
                 partial(results)
     results["ratios"] = {
