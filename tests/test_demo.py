@@ -11,7 +11,9 @@ import sys
 
 from conftest import REPO_ROOT
 
-from processing.demo import DemoConfig, accuracy_line, run_demo
+from safetensors.torch import load_file
+
+from processing.demo import VISION_POSITION_STD, DemoConfig, accuracy_line, run_demo
 
 
 def test_demo_runs_end_to_end_at_toy_size(tmp_path):
@@ -25,6 +27,10 @@ def test_demo_runs_end_to_end_at_toy_size(tmp_path):
     assert [r["step"] for r in log] == list(range(1, 7))
     assert (out / "loss_curve.png").stat().st_size > 10_000
     assert (out / "tokenizer" / "tokenizer.json").exists()
+    # The untrained model carries the demo's wider vision position embeddings (README: what the recipe needs).
+    init = load_file(out / "init" / "model.safetensors")
+    positions = init["model.vision_tower.embeddings.position_embedding.weight"]
+    assert abs(positions.std().item() - VISION_POSITION_STD) < 0.1 * VISION_POSITION_STD
     assert json.loads((out / "demo_summary.json").read_text())["accuracy"] == summary["accuracy"]
     assert summary["passed"]
     assert accuracy_line(summary, 0).startswith("held-out exact match:") and "PASS" in accuracy_line(summary, 0)
