@@ -73,7 +73,7 @@ def build_initial_checkpoint(out: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     model = MiniMindVForConditionalGeneration(config)
     with torch.no_grad():
-        model.model.vision_tower.embeddings.position_embedding.weight.normal_(std=VISION_POSITION_STD)
+        model.get_vision_tower().embeddings.position_embedding.weight.normal_(std=VISION_POSITION_STD)
     processor = build_processor(tokenizer, config.vision_config, config.image_seq_length)
     init_dir = out / "init"
     model.save_pretrained(init_dir)

@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 from conftest import REPO_ROOT
-
 from safetensors.torch import load_file
 
 from processing.demo import VISION_POSITION_STD, DemoConfig, accuracy_line, run_demo
